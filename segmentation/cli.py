@@ -1,0 +1,103 @@
+"""The command line shared by ``segmentation.fit`` and ``segmentation.evaluate``: LightningCLI with a run directory.
+
+Like detectron2's OUTPUT_DIR, ``--output_dir`` holds everything a run writes: the resolved ``config.yaml``,
+``metrics.json``, the CSV/TensorBoard logs, ``checkpoints/`` and the final model. Everything else is a LightningCLI
+option (``--model.*``, ``--data.*``, ``--trainer.*``) settable from yaml files and overridable on the command line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_warn
+
+from segmentation.data.datamodule import CocoDataModule
+from segmentation.training.metrics_json import MetricsJsonWriter
+from segmentation.training.module import MaskRCNNModule
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "use_distributed_sampler": False,  # the datamodule shards itself, without padding duplicates
+    "num_sanity_val_steps": 0,  # detectron2 evaluates only when asked; a sanity pass would print bogus tables
+    "log_every_n_steps": 20,
+    "check_val_every_n_epoch": None,  # iteration-based training over an infinite sampler, as detectron2
+}
+
+
+class SegmentationCLI(LightningCLI):
+    """LightningCLI for :class:`MaskRCNNModule` on a :class:`CocoDataModule`, writing into ``--output_dir``."""
+
+    def __init__(self, args: list[str] | None = None, *, description: str = "") -> None:
+        super().__init__(
+            MaskRCNNModule,
+            CocoDataModule,
+            args=args,
+            run=False,
+            auto_configure_optimizers=False,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": description},
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--output_dir", type=str, default="runs/default", help="Where the run writes everything.")
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="Resume training from this checkpoint ('last' too)."
+        )
+        parser.add_lightning_class_args(MetricsJsonWriter, "metrics_json")
+        for name in ("checkpoint_last", "checkpoint_best"):
+            parser.add_lightning_class_args(ModelCheckpoint, name)
+            parser.link_arguments("output_dir", f"{name}.dirpath", compute_fn=checkpoint_dir)
+        parser.set_defaults(
+            {
+                "checkpoint_last.filename": "last",
+                "checkpoint_last.save_top_k": 1,
+                "checkpoint_last.every_n_train_steps": 500,
+                "checkpoint_last.enable_version_counter": False,
+            }
+        )
+        parser.set_defaults(
+            {
+                "checkpoint_best.monitor": "segm/AP",
+                "checkpoint_best.mode": "max",
+                "checkpoint_best.filename": "best",
+                "checkpoint_best.save_top_k": 1,
+                "checkpoint_best.enable_version_counter": False,
+            }
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        output_dir = self._get(self.config, "output_dir")
+        kwargs["default_root_dir"] = output_dir
+        if config.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(output_dir)
+        if config.get("val_check_interval") is None and config.get("max_steps", -1) > 0:
+            kwargs["val_check_interval"] = config["max_steps"]  # evaluate once, after the last step
+        kwargs["precision"] = usable_precision(config.get("precision"), config.get("accelerator"))
+        return super().instantiate_trainer(**kwargs)
+
+
+def checkpoint_dir(output_dir: str) -> str:
+    return f"{output_dir}/checkpoints"
+
+
+def default_loggers(output_dir: str) -> list[Logger]:
+    """CSV always, TensorBoard when installed, both writing straight into ``output_dir``."""
+    loggers: list[Logger] = [CSVLogger(output_dir, name="", version="")]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.append(TensorBoardLogger(output_dir, name="", version="", default_hp_metric=False))
+    return loggers
+
+
+def usable_precision(precision: Any, accelerator: Any) -> Any:
+    """fp16 autocast exists only on CUDA: on a machine without a GPU the recipe's ``16-mixed`` runs in fp32."""
+    if str(precision) in ("16-mixed", "16") and (accelerator == "cpu" or not torch.cuda.is_available()):
+        rank_zero_warn(f"precision={precision!r} needs a CUDA GPU; running in 32-bit on the CPU instead.")
+        return "32-true"
+    return precision

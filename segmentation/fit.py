@@ -1,0 +1,40 @@
+"""``python -m segmentation.fit``: train, then evaluate on val and test, like detectron2's ``train_net.py``.
+
+Training runs for ``trainer.max_steps`` iterations; validation runs every ``trainer.val_check_interval`` steps and
+always after the last one (detectron2's EvalHook), then the test split is evaluated with the final weights. The
+final weights are also exported as a plain state dict, ``<output_dir>/model_final.pth``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from segmentation.cli import SegmentationCLI
+
+
+def main(args: list[str] | None = None) -> None:
+    cli = SegmentationCLI(args=args, description=__doc__)
+    trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    trainer.fit(module, datamodule=data, ckpt_path=cli.config.ckpt_path)
+    if data.val_json is not None and module.last_evaluation_step != trainer.global_step:
+        trainer.validate(module, datamodule=data)
+    if data.test_json is not None:
+        trainer.test(module, datamodule=data)
+    if trainer.is_global_zero:
+        export_state_dict(module.model.state_dict(), Path(cli.config.output_dir) / "model_final.pth")
+
+
+def export_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Write atomically: a temporary file renamed over the target, so a crash never leaves a truncated model."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state_dict, partial)
+    os.replace(partial, path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,180 @@
+"""The LightningModule: detectron2's training step, optimizer and schedule, and COCO evaluation in fp32.
+
+It owns no data logic and no metric maths: batches come from ``segmentation.data``, the network from
+``segmentation.model``, AP from ``segmentation.evaluation``. What it adds is the recipe: Adam over the trainable
+parameters, detectron2's warmup schedule stepped every iteration, the summed losses, and evaluation that runs
+outside autocast (detectron2 never evaluates in mixed precision) and prints detectron2's tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+
+from segmentation.evaluation.coco_evaluator import CocoEvaluator
+from segmentation.evaluation.tables import format_evaluation_report
+from segmentation.model.config import MaskRCNNConfig
+from segmentation.model.mask_rcnn import build_mask_rcnn
+from segmentation.model.weights import load_weights, resolve
+from segmentation.training.schedule import warmup_multistep_factor
+
+log = logging.getLogger(__name__)
+
+
+class MaskRCNNModule(pl.LightningModule):
+    """Fine-tune a Mask R-CNN the way detectron2's DefaultTrainer (with an Adam override) does.
+
+    Args:
+        arch: the network's architecture options (detectron2's MODEL.* keys).
+        weights: initial weights: a local path, URL or ``detectron2://`` name of a detectron2 ``.pkl``/``.pth``,
+            one of our checkpoints, or ``null`` for detectron2's random initialisation. Predictor layers whose
+            class count differs keep their fresh initialisation (the log lists them).
+        lr: Adam learning rate (SOLVER.BASE_LR).
+        weight_decay: L2 penalty added to the gradients, as ``torch.optim.Adam`` applies it (SOLVER.WEIGHT_DECAY).
+        betas: Adam betas.
+        warmup_iters: linear warmup length in iterations (SOLVER.WARMUP_ITERS).
+        warmup_factor: learning-rate factor at iteration 0 (SOLVER.WARMUP_FACTOR).
+        milestones: iterations where the rate is multiplied by ``gamma`` (SOLVER.STEPS; detectron2 drops those
+            beyond MAX_ITER, so the recipe has none).
+        gamma: decay factor at each milestone (SOLVER.GAMMA).
+        eval_backend: COCOeval implementation behind torchmetrics.
+    """
+
+    def __init__(
+        self,
+        arch: MaskRCNNConfig | None = None,
+        weights: str | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_iters: int = 1000,
+        warmup_factor: float = 0.001,
+        milestones: list[int] | None = None,
+        gamma: float = 0.1,
+        eval_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval",
+    ) -> None:
+        super().__init__()
+        if isinstance(arch, dict):  # restored from a checkpoint's hyper-parameters
+            arch = MaskRCNNConfig(**arch)
+        self.arch = arch or MaskRCNNConfig()
+        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters({"arch": dataclasses.asdict(self.arch)})
+        self.save_hyperparameters(ignore=["arch"])
+        self.model = build_mask_rcnn(self.arch)
+        self.category_names: list[str] = []
+        self.last_evaluation: dict[str, float] = {}
+        self.last_evaluation_step = -1
+        self._evaluators: dict[str, CocoEvaluator] = {}
+        self._weights_loaded = weights is None
+
+    # ---- setup ---------------------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Download the initial weights once per node (rank 0), before every rank loads them in ``setup``."""
+        if self.hparams.weights is not None:
+            resolve(self.hparams.weights)
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        categories = datamodule.categories
+        if len(categories) != self.arch.num_classes:
+            raise ValueError(
+                f"model.arch.num_classes is {self.arch.num_classes} but the dataset json has {len(categories)} "
+                f"categories ({', '.join(c.name for c in categories)}); set --model.arch.num_classes {len(categories)}"
+            )
+        self.category_names = [c.name for c in categories]
+        if not self._weights_loaded:
+            report = load_weights(self.model, self.hparams.weights)
+            rank_zero_info(f"Loaded {len(report.loaded)} tensors from {self.hparams.weights}")
+            for name in report.skipped:
+                rank_zero_info(f"Not loaded (class count differs, fresh init kept): {name}")
+            self._weights_loaded = True
+        for split in ("val", "test"):
+            json_path = getattr(datamodule, f"{split}_json", None)
+            if json_path is not None and split not in self._evaluators:
+                self._evaluators[split] = CocoEvaluator(json_path, backend=self.hparams.eval_backend)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["category_names"] = list(self.category_names)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.category_names = list(checkpoint.get("category_names", []))
+        self._weights_loaded = True
+
+    # ---- training ------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> dict[str, Any]:
+        images, targets = batch
+        outputs = self.model(images, targets)
+        total_loss = sum(value for name, value in outputs.items() if name.startswith("loss_"))
+        scalars = {name: value.detach() for name, value in outputs.items()}
+        scalars["total_loss"] = total_loss.detach()
+        self.log("total_loss", scalars["total_loss"], prog_bar=True, logger=False)
+        return {"loss": total_loss, "scalars": scalars}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(
+            params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
+        )
+        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else float("inf")
+        milestones = [m for m in (self.hparams.milestones or []) if m < max_steps]
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_multistep_factor(
+                step,
+                warmup_iters=self.hparams.warmup_iters,
+                warmup_factor=self.hparams.warmup_factor,
+                milestones=milestones,
+                gamma=self.hparams.gamma,
+            ),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- evaluation ----------------------------------------------------------------------------------------
+
+    def predict_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int = 0) -> list[dict]:
+        """Detections at each image's original size, computed in fp32 whatever the training precision."""
+        images, infos = batch
+        with torch.autocast(self.device.type, enabled=False):
+            return self.model(
+                [image.float() for image in images], output_sizes=[(info["height"], info["width"]) for info in infos]
+            )
+
+    def validation_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> None:
+        self._evaluate_batch("val", batch)
+
+    def test_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> None:
+        self._evaluate_batch("test", batch)
+
+    def _evaluate_batch(self, split: str, batch: tuple[list[torch.Tensor], list[dict]]) -> None:
+        for info, detections in zip(batch[1], self.predict_step(batch), strict=True):
+            self._evaluators[split].update(info["image_id"], detections)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("val", prefix="")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test", prefix="test/")
+
+    def _finish_evaluation(self, split: str, prefix: str) -> None:
+        """Compute AP over all ranks' images, print detectron2's report and log ``bbox/AP`` ... ``segm/APl``."""
+        evaluator = self._evaluators[split]
+        results = evaluator.compute()
+        evaluator.reset()
+        rank_zero_info(f"Evaluation on {split} ({Path(evaluator.gt_json).name}):\n" + format_evaluation_report(results))
+        if split == "val":
+            self.last_evaluation_step = self.global_step
+        self.last_evaluation = {
+            f"{prefix}{task}/{name}": value
+            for task in ("bbox", "segm")
+            for name, value in results[task].items()
+        }
+        # Every rank holds the same gathered numbers, so no reduction is needed.
+        self.log_dict(self.last_evaluation, sync_dist=False, rank_zero_only=False)
