@@ -51,7 +51,9 @@ class MetricsJsonWriter(pl.Callback):
             path.write_text("".join(line + "\n" for line in kept))
         self._last_end = time.perf_counter()
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._last_end is not None:
             self._data_times.append(time.perf_counter() - self._last_end)
         # The scheduler steps before on_train_batch_end, so read the rate this step uses now.

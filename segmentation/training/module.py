@@ -172,9 +172,7 @@ class MaskRCNNModule(pl.LightningModule):
         if split == "val":
             self.last_evaluation_step = self.global_step
         self.last_evaluation = {
-            f"{prefix}{task}/{name}": value
-            for task in ("bbox", "segm")
-            for name, value in results[task].items()
+            f"{prefix}{task}/{name}": value for task in ("bbox", "segm") for name, value in results[task].items()
         }
         # Every rank holds the same gathered numbers, so no reduction is needed.
         self.log_dict(self.last_evaluation, sync_dist=False, rank_zero_only=False)

@@ -61,7 +61,14 @@ def test_lines_are_json_objects_with_sorted_keys(lines):
 
 def test_training_line_has_detectron2_keys(lines):
     assert set(lines[0]) == {
-        "iteration", "loss_cls", "rpn/num_pos_anchors", "total_loss", "lr", "time", "data_time", "rank_data_time",
+        "iteration",
+        "loss_cls",
+        "rpn/num_pos_anchors",
+        "total_loss",
+        "lr",
+        "time",
+        "data_time",
+        "rank_data_time",
         "eta_seconds",
     }
 
