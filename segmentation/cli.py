@@ -7,10 +7,16 @@ option (``--model.*``, ``--data.*``, ``--trainer.*``) settable from yaml files a
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -18,6 +24,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 
 from segmentation.data.datamodule import CocoDataModule
+from segmentation.model.detectron2_config import Detectron2Settings, from_detectron2_config, is_detectron2_config
 from segmentation.training.metrics_json import MetricsJsonWriter
 from segmentation.training.module import MaskRCNNModule
 
@@ -36,7 +43,7 @@ class SegmentationCLI(LightningCLI):
         super().__init__(
             MaskRCNNModule,
             CocoDataModule,
-            args=args,
+            args=translate_detectron2_configs(sys.argv[1:] if args is None else args),
             run=False,
             auto_configure_optimizers=False,
             trainer_defaults=TRAINER_DEFAULTS,
@@ -101,3 +108,59 @@ def usable_precision(precision: Any, accelerator: Any) -> Any:
         rank_zero_warn(f"precision={precision!r} needs a CUDA GPU; running in 32-bit on the CPU instead.")
         return "32-true"
     return precision
+
+
+def translate_detectron2_configs(args: list[str]) -> list[str]:
+    """Replace each ``--config`` that is a detectron2 ``config.yaml`` dump by the equivalent config of ours.
+
+    The translation is written next to the system's temporary files and named in the run's saved config, so a
+    detectron2 OUTPUT_DIR can be evaluated or fine-tuned without transcribing its numbers by hand.
+    """
+    translated = list(args)
+    for i, arg in enumerate(translated):
+        if arg in ("--config", "-c") and i + 1 < len(translated):
+            index, path = i + 1, translated[i + 1]
+        elif arg.startswith("--config="):
+            index, path = i, arg.split("=", 1)[1]
+        else:
+            continue
+        if Path(path).is_file() and is_detectron2_config(path):
+            ours = config_from_detectron2(from_detectron2_config(path))
+            with tempfile.NamedTemporaryFile("w", suffix=f"-{Path(path).stem}.yaml", delete=False) as f:
+                yaml.safe_dump(ours, f, sort_keys=False)
+            translated[index] = f.name if index != i else f"--config={f.name}"
+    return translated
+
+
+def config_from_detectron2(settings: Detectron2Settings) -> dict[str, Any]:
+    """Our config for a detectron2 run: architecture, input sizes, data loading and solver numbers."""
+    if settings.input_format != "BGR":
+        raise ValueError(f"INPUT.FORMAT {settings.input_format!r} is not supported: the model reads BGR images")
+    arch = json.loads(json.dumps(dataclasses.asdict(settings.model)))  # tuples -> lists for yaml
+    return {
+        "model": {
+            "arch": arch,
+            "weights": settings.weights or None,
+            "lr": settings.base_lr,
+            "weight_decay": settings.weight_decay,
+            "warmup_iters": settings.warmup_iters,
+            "warmup_factor": settings.warmup_factor,
+            "milestones": list(settings.steps),
+            "gamma": settings.gamma,
+        },
+        "data": {
+            "batch_size": settings.ims_per_batch,
+            "num_workers": settings.num_workers,
+            "min_size_train": settings.min_size_train,
+            "max_size_train": settings.max_size_train,
+            "min_size_test": settings.min_size_test,
+            "max_size_test": settings.max_size_test,
+            "filter_empty_annotations": settings.filter_empty_annotations,
+            "aspect_ratio_grouping": settings.aspect_ratio_grouping,
+        },
+        "trainer": {
+            "max_steps": settings.max_iter,
+            "precision": "16-mixed" if settings.amp_enabled else "32-true",
+            "val_check_interval": settings.eval_period or None,
+        },
+    }

@@ -1,0 +1,335 @@
+"""Read a detectron2 ``config.yaml`` dump into our settings, refusing what we do not implement.
+
+Users arrive with a detectron2 run: the fully resolved ``config.yaml`` detectron2 writes to its OUTPUT_DIR. Mapping
+it key by key onto ``MaskRCNNConfig`` (and the input, data and solver settings) lets them reproduce that run without
+transcribing numbers by hand. A setting that would change the numbers and that we do not implement (cascade heads,
+deformable convs, flips, test-time augmentation, a different loss, ...) is refused by its detectron2 name and value,
+never ignored: silently training a different model would break the promise of detectron2's numbers. Keys of
+components a Mask R-CNN does not use (RETINANET, SEM_SEG_HEAD, PANOPTIC_FPN, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+
+from segmentation.model.config import MaskRCNNConfig, Norm
+
+_MISSING = object()
+
+
+class UnsupportedConfigError(ValueError):
+    """A detectron2 config that asks for something this project does not implement; lists every such key."""
+
+
+@dataclass
+class Detectron2Settings:
+    """Everything a detectron2 Mask R-CNN config says that our training and evaluation use.
+
+    Attributes:
+        model: the architecture (MODEL.*, TEST.DETECTIONS_PER_IMAGE).
+        weights: MODEL.WEIGHTS, as written (a path, URL or ``detectron2://``); resolve with ``weights.resolve``.
+        input_format: INPUT.FORMAT, ``BGR`` or ``RGB``: the channel order PIXEL_MEAN/PIXEL_STD refer to.
+        min_size_train, max_size_train: INPUT.MIN_SIZE_TRAIN (one size, "choice" sampling) and MAX_SIZE_TRAIN.
+        min_size_test, max_size_test: INPUT.MIN_SIZE_TEST (0 disables the test resize) and MAX_SIZE_TEST.
+        mask_format: INPUT.MASK_FORMAT, ``bitmask`` or ``polygon``.
+        train_datasets, test_datasets: DATASETS.TRAIN / DATASETS.TEST registered names.
+        base_lr, max_iter, ims_per_batch, warmup_iters, warmup_factor, weight_decay, momentum, steps, gamma:
+            SOLVER.* of WarmupMultiStepLR with linear warmup.
+        amp_enabled: SOLVER.AMP.ENABLED.
+        checkpoint_period: SOLVER.CHECKPOINT_PERIOD.
+        eval_period: TEST.EVAL_PERIOD (0: evaluate only after training).
+        num_workers, filter_empty_annotations, aspect_ratio_grouping: DATALOADER.*.
+        seed: SEED (-1: random).
+    """
+
+    model: MaskRCNNConfig
+    weights: str
+    input_format: str
+    min_size_train: int
+    max_size_train: int
+    min_size_test: int
+    max_size_test: int
+    mask_format: str
+    train_datasets: tuple[str, ...]
+    test_datasets: tuple[str, ...]
+    base_lr: float
+    max_iter: int
+    ims_per_batch: int
+    warmup_iters: int
+    warmup_factor: float
+    weight_decay: float
+    momentum: float
+    steps: tuple[int, ...]
+    gamma: float
+    amp_enabled: bool
+    checkpoint_period: int
+    eval_period: int
+    num_workers: int
+    filter_empty_annotations: bool
+    aspect_ratio_grouping: bool
+    seed: int
+
+
+def _read(path_or_dict: Mapping[str, Any] | str | Path) -> Mapping[str, Any]:
+    if isinstance(path_or_dict, Mapping):
+        return path_or_dict
+    with open(path_or_dict) as f:
+        data = yaml.safe_load(f)
+    return data if isinstance(data, Mapping) else {}
+
+
+def is_detectron2_config(path_or_dict: Mapping[str, Any] | str | Path) -> bool:
+    """True for a detectron2 (yacs) config: a mapping with an upper-case ``MODEL`` section.
+
+    Our LightningCLI configs use lower-case ``model``; the two can be told apart by that alone.
+    """
+    try:
+        cfg = _read(path_or_dict)
+    except yaml.YAMLError:
+        return False
+    return isinstance(cfg.get("MODEL"), Mapping)
+
+
+class _Reader:
+    """Looks up dotted keys and collects every refusal, so one error can list all of them."""
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        self.cfg = cfg
+        self.problems: list[str] = []
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        node: Any = self.cfg
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                if default is _MISSING:
+                    raise UnsupportedConfigError(
+                        f"{key} is missing: expected the fully resolved config.yaml that detectron2 writes "
+                        "(cfg.dump()), not a config with _BASE_ or a partial override"
+                    )
+                return default  # a key that only gates a feature: older detectron2 versions lack it
+            node = node[part]
+        return node
+
+    def require(self, key: str, ok: Callable[[Any], bool], expected: str, default: Any = _MISSING) -> None:
+        """Refuse ``key`` (recorded, raised later with the others) unless ``ok(value)``."""
+        value = self.get(key, default)
+        if not ok(value):
+            self.problems.append(f"{key} = {value!r} is not supported (expected {expected})")
+
+    def equal(self, key: str, accepted: Any, default: Any = _MISSING) -> None:
+        self.require(key, lambda v: v == accepted, repr(accepted), default)
+
+
+def _floats(values: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
+def _check_model(r: _Reader) -> None:
+    """Refuse the MODEL.* settings that select something other than detectron2's FPN Mask R-CNN."""
+    m = "MODEL."
+    r.equal(m + "META_ARCHITECTURE", "GeneralizedRCNN")
+    r.equal(m + "MASK_ON", True)
+    r.equal(m + "KEYPOINT_ON", False, default=False)
+    r.equal(m + "LOAD_PROPOSALS", False, default=False)
+    r.equal(m + "BACKBONE.NAME", "build_resnet_fpn_backbone")
+    r.equal(m + "PROPOSAL_GENERATOR.NAME", "RPN")
+    r.equal(m + "PROPOSAL_GENERATOR.MIN_SIZE", 0, default=0)
+
+    res = m + "RESNETS."
+    r.require(res + "DEFORM_ON_PER_STAGE", lambda v: not any(v), "no deformable convs", default=[])
+    r.equal(res + "RES5_DILATION", 1, default=1)
+    r.equal(res + "OUT_FEATURES", ["res2", "res3", "res4", "res5"])
+    r.require(res + "NORM", lambda v: v in get_args(Norm), f"one of {get_args(Norm)}")
+
+    fpn = m + "FPN."
+    r.equal(fpn + "IN_FEATURES", ["res2", "res3", "res4", "res5"])
+    r.equal(fpn + "NORM", "")
+    r.equal(fpn + "FUSE_TYPE", "sum", default="sum")
+
+    anchors = m + "ANCHOR_GENERATOR."
+    r.equal(anchors + "NAME", "DefaultAnchorGenerator")
+    r.equal(anchors + "OFFSET", 0.0, default=0.0)
+    r.require(anchors + "SIZES", lambda v: len(v) == 5, "one list of sizes per level P2..P6")
+    r.require(
+        anchors + "ASPECT_RATIOS",
+        lambda v: len(v) >= 1 and all(list(x) == list(v[0]) for x in v),
+        "the same aspect ratios on every level",
+    )
+
+    rpn = m + "RPN."
+    r.equal(rpn + "HEAD_NAME", "StandardRPNHead")
+    r.equal(rpn + "CONV_DIMS", [-1], default=[-1])
+    r.equal(rpn + "IN_FEATURES", ["p2", "p3", "p4", "p5", "p6"])
+    r.equal(rpn + "IOU_LABELS", [0, -1, 1])
+    r.equal(rpn + "BOUNDARY_THRESH", -1)
+    r.equal(rpn + "BBOX_REG_WEIGHTS", [1.0, 1.0, 1.0, 1.0])
+    r.equal(rpn + "BBOX_REG_LOSS_TYPE", "smooth_l1", default="smooth_l1")
+    r.equal(rpn + "SMOOTH_L1_BETA", 0.0)
+    r.equal(rpn + "LOSS_WEIGHT", 1.0, default=1.0)
+    r.equal(rpn + "BBOX_REG_LOSS_WEIGHT", 1.0, default=1.0)
+    r.require(rpn + "IOU_THRESHOLDS", lambda v: len(v) == 2, "two thresholds [bg, fg]")
+
+    roi = m + "ROI_HEADS."
+    r.equal(roi + "NAME", "StandardROIHeads")
+    r.equal(roi + "IN_FEATURES", ["p2", "p3", "p4", "p5"])
+    r.equal(roi + "IOU_LABELS", [0, 1])
+    r.equal(roi + "PROPOSAL_APPEND_GT", True, default=True)
+    r.require(roi + "IOU_THRESHOLDS", lambda v: len(v) == 1, "one threshold")
+
+    box = m + "ROI_BOX_HEAD."
+    r.equal(box + "NAME", "FastRCNNConvFCHead")
+    r.equal(box + "NUM_CONV", 0)
+    r.equal(box + "NUM_FC", 2)  # the model names its two layers fc6/fc7
+    r.equal(box + "POOLER_TYPE", "ROIAlignV2")
+    r.equal(box + "POOLER_SAMPLING_RATIO", 0)
+    r.equal(box + "CLS_AGNOSTIC_BBOX_REG", False)
+    r.equal(box + "BBOX_REG_LOSS_TYPE", "smooth_l1", default="smooth_l1")
+    r.equal(box + "SMOOTH_L1_BETA", 0.0)  # smooth-L1 with beta 0 is the L1 loss we implement
+    r.equal(box + "BBOX_REG_LOSS_WEIGHT", 1.0, default=1.0)
+    r.equal(box + "USE_FED_LOSS", False, default=False)
+    r.equal(box + "USE_SIGMOID_CE", False, default=False)
+    r.equal(box + "TRAIN_ON_PRED_BOXES", False, default=False)
+
+    mask = m + "ROI_MASK_HEAD."
+    r.equal(mask + "NAME", "MaskRCNNConvUpsampleHead")
+    r.equal(mask + "NORM", "")
+    r.equal(mask + "CLS_AGNOSTIC_MASK", False)
+    r.equal(mask + "POOLER_TYPE", "ROIAlignV2")
+    r.equal(mask + "POOLER_SAMPLING_RATIO", 0)
+
+    r.require(m + "PIXEL_MEAN", lambda v: len(v) == 3, "3 values")
+    r.require(m + "PIXEL_STD", lambda v: len(v) == 3, "3 values")
+
+
+def _model(r: _Reader) -> MaskRCNNConfig:
+    """Build the architecture from a config that passed ``_check_model``."""
+    m, res, fpn, rpn, roi = "MODEL.", "MODEL.RESNETS.", "MODEL.FPN.", "MODEL.RPN.", "MODEL.ROI_HEADS."
+    box, mask = "MODEL.ROI_BOX_HEAD.", "MODEL.ROI_MASK_HEAD."
+    rpn_ious = r.get(rpn + "IOU_THRESHOLDS")
+    return MaskRCNNConfig(
+        num_classes=int(r.get(roi + "NUM_CLASSES")),
+        depth=int(r.get(res + "DEPTH")),
+        num_groups=int(r.get(res + "NUM_GROUPS")),
+        width_per_group=int(r.get(res + "WIDTH_PER_GROUP")),
+        stem_out_channels=int(r.get(res + "STEM_OUT_CHANNELS")),
+        res2_out_channels=int(r.get(res + "RES2_OUT_CHANNELS")),
+        stride_in_1x1=bool(r.get(res + "STRIDE_IN_1X1")),
+        norm=r.get(res + "NORM"),
+        freeze_at=int(r.get(m + "BACKBONE.FREEZE_AT")),
+        fpn_out_channels=int(r.get(fpn + "OUT_CHANNELS")),
+        anchor_sizes=[list(_floats(level)) for level in r.get(m + "ANCHOR_GENERATOR.SIZES")],
+        anchor_aspect_ratios=list(_floats(r.get(m + "ANCHOR_GENERATOR.ASPECT_RATIOS")[0])),
+        rpn_iou_thresholds=(float(rpn_ious[0]), float(rpn_ious[1])),
+        rpn_batch_size_per_image=int(r.get(rpn + "BATCH_SIZE_PER_IMAGE")),
+        rpn_positive_fraction=float(r.get(rpn + "POSITIVE_FRACTION")),
+        rpn_pre_nms_topk_train=int(r.get(rpn + "PRE_NMS_TOPK_TRAIN")),
+        rpn_pre_nms_topk_test=int(r.get(rpn + "PRE_NMS_TOPK_TEST")),
+        rpn_post_nms_topk_train=int(r.get(rpn + "POST_NMS_TOPK_TRAIN")),
+        rpn_post_nms_topk_test=int(r.get(rpn + "POST_NMS_TOPK_TEST")),
+        rpn_nms_thresh=float(r.get(rpn + "NMS_THRESH")),
+        roi_iou_threshold=float(r.get(roi + "IOU_THRESHOLDS")[0]),
+        roi_batch_size_per_image=int(r.get(roi + "BATCH_SIZE_PER_IMAGE")),
+        roi_positive_fraction=float(r.get(roi + "POSITIVE_FRACTION")),
+        box_head_num_fc=int(r.get(box + "NUM_FC")),
+        box_head_fc_dim=int(r.get(box + "FC_DIM")),
+        box_reg_weights=_floats(r.get(box + "BBOX_REG_WEIGHTS")),
+        box_pooler_resolution=int(r.get(box + "POOLER_RESOLUTION")),
+        mask_head_num_conv=int(r.get(mask + "NUM_CONV")),
+        mask_head_conv_dim=int(r.get(mask + "CONV_DIM")),
+        mask_pooler_resolution=int(r.get(mask + "POOLER_RESOLUTION")),
+        score_thresh_test=float(r.get(roi + "SCORE_THRESH_TEST")),
+        nms_thresh_test=float(r.get(roi + "NMS_THRESH_TEST")),
+        detections_per_image=int(r.get("TEST.DETECTIONS_PER_IMAGE")),
+        pixel_mean=_floats(r.get(m + "PIXEL_MEAN")),
+        pixel_std=_floats(r.get(m + "PIXEL_STD")),
+    )
+
+
+def from_detectron2_config(cfg: Mapping[str, Any] | str | Path) -> Detectron2Settings:
+    """Map a fully resolved detectron2 Mask R-CNN config onto our settings.
+
+    Args:
+        cfg: the parsed ``config.yaml`` (or its path).
+
+    Returns:
+        The architecture as a ``MaskRCNNConfig`` plus the input, dataset, solver and data-loader settings.
+
+    Raises:
+        UnsupportedConfigError: naming every setting we do not implement with its value, or a missing key.
+    """
+    r = _Reader(_read(cfg))
+    if "_BASE_" in r.cfg:
+        raise UnsupportedConfigError(
+            f"_BASE_ = {r.cfg['_BASE_']!r}: expected the fully resolved config.yaml detectron2 writes (cfg.dump())"
+        )
+    _check_model(r)
+
+    inp = "INPUT."
+    r.require(inp + "FORMAT", lambda v: v in ("BGR", "RGB"), "'BGR' or 'RGB'")
+    r.equal(inp + "CROP.ENABLED", False)
+    r.equal(inp + "RANDOM_FLIP", "none")
+    r.equal(inp + "MIN_SIZE_TRAIN_SAMPLING", "choice")
+    r.require(
+        inp + "MIN_SIZE_TRAIN",
+        lambda v: isinstance(v, int) or len(v) == 1,
+        "a single size (multi-scale training is not implemented)",
+    )
+    r.require(inp + "MASK_FORMAT", lambda v: v in ("bitmask", "polygon"), "'bitmask' or 'polygon'")
+    r.equal("TEST.AUG.ENABLED", False)
+    r.equal("TEST.PRECISE_BN.ENABLED", False, default=False)
+    r.equal("DATASETS.PROPOSAL_FILES_TRAIN", [], default=[])
+    r.equal("DATASETS.PROPOSAL_FILES_TEST", [], default=[])
+    r.equal("DATALOADER.SAMPLER_TRAIN", "TrainingSampler")
+
+    sol = "SOLVER."
+    r.equal(sol + "LR_SCHEDULER_NAME", "WarmupMultiStepLR")
+    r.equal(sol + "WARMUP_METHOD", "linear")
+    r.equal(sol + "CLIP_GRADIENTS.ENABLED", False, default=False)
+    r.equal(sol + "REFERENCE_WORLD_SIZE", 0, default=0)
+    r.equal(sol + "BIAS_LR_FACTOR", 1.0, default=1.0)
+    weight_decay = float(r.get(sol + "WEIGHT_DECAY"))
+    r.require(
+        sol + "WEIGHT_DECAY_BIAS",
+        lambda v: v is None or float(v) == weight_decay,
+        f"null or equal to SOLVER.WEIGHT_DECAY ({weight_decay})",
+        default=None,
+    )
+    if r.problems:
+        raise UnsupportedConfigError(
+            "detectron2 config uses settings this project does not implement:\n  " + "\n  ".join(r.problems)
+        )
+
+    min_train = r.get(inp + "MIN_SIZE_TRAIN")
+    return Detectron2Settings(
+        model=_model(r),
+        weights=str(r.get("MODEL.WEIGHTS")),
+        input_format=r.get(inp + "FORMAT"),
+        min_size_train=int(min_train if isinstance(min_train, int) else min_train[0]),
+        max_size_train=int(r.get(inp + "MAX_SIZE_TRAIN")),
+        min_size_test=int(r.get(inp + "MIN_SIZE_TEST")),
+        max_size_test=int(r.get(inp + "MAX_SIZE_TEST")),
+        mask_format=r.get(inp + "MASK_FORMAT"),
+        train_datasets=tuple(r.get("DATASETS.TRAIN")),
+        test_datasets=tuple(r.get("DATASETS.TEST")),
+        base_lr=float(r.get(sol + "BASE_LR")),
+        max_iter=int(r.get(sol + "MAX_ITER")),
+        ims_per_batch=int(r.get(sol + "IMS_PER_BATCH")),
+        warmup_iters=int(r.get(sol + "WARMUP_ITERS")),
+        warmup_factor=float(r.get(sol + "WARMUP_FACTOR")),
+        weight_decay=weight_decay,
+        momentum=float(r.get(sol + "MOMENTUM")),
+        steps=tuple(int(s) for s in r.get(sol + "STEPS")),
+        gamma=float(r.get(sol + "GAMMA")),
+        amp_enabled=bool(r.get(sol + "AMP.ENABLED")),
+        checkpoint_period=int(r.get(sol + "CHECKPOINT_PERIOD")),
+        eval_period=int(r.get("TEST.EVAL_PERIOD")),
+        num_workers=int(r.get("DATALOADER.NUM_WORKERS")),
+        filter_empty_annotations=bool(r.get("DATALOADER.FILTER_EMPTY_ANNOTATIONS")),
+        aspect_ratio_grouping=bool(r.get("DATALOADER.ASPECT_RATIO_GROUPING")),
+        seed=int(r.get("SEED", -1)),
+    )

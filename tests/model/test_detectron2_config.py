@@ -1,0 +1,166 @@
+"""A detectron2 config.yaml dump maps onto our settings key by key; what we do not implement is refused by name."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from segmentation.model.config import MaskRCNNConfig
+from segmentation.model.detectron2_config import (
+    UnsupportedConfigError,
+    from_detectron2_config,
+    is_detectron2_config,
+)
+
+
+def load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny(parity_dir: Path) -> dict[str, Any]:
+    return load(parity_dir / "tiny_lung" / "config.yaml")
+
+
+def with_value(cfg: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(cfg)
+    *path, leaf = key.split(".")
+    node = out
+    for part in path:
+        node = node[part]
+    node[leaf] = value
+    return out
+
+
+def test_tiny_lung_config(parity_dir: Path) -> None:
+    settings = from_detectron2_config(parity_dir / "tiny_lung" / "config.yaml")
+    m = settings.model
+    assert (m.depth, m.num_groups, m.width_per_group, m.res2_out_channels) == (50, 4, 4, 64)
+    assert (m.fpn_out_channels, m.box_head_fc_dim, m.mask_head_conv_dim, m.roi_batch_size_per_image) == (
+        64,
+        256,
+        64,
+        128,
+    )
+    assert (m.num_classes, m.norm, m.freeze_at, m.stride_in_1x1, m.stem_out_channels) == (1, "FrozenBN", 0, False, 64)
+    assert m.pixel_std == (57.375, 57.12, 58.395) and m.pixel_mean == (103.53, 116.28, 123.675)
+    assert m.anchor_sizes == [[32.0], [64.0], [128.0], [256.0], [512.0]] and m.anchor_aspect_ratios == [0.5, 1.0, 2.0]
+    assert (m.rpn_iou_thresholds, m.rpn_post_nms_topk_train, m.rpn_pre_nms_topk_train) == ((0.3, 0.7), 1000, 2000)
+    assert (m.box_head_num_fc, m.mask_head_num_conv, m.box_pooler_resolution, m.mask_pooler_resolution) == (2, 4, 7, 14)
+    assert m.box_reg_weights == (10.0, 10.0, 5.0, 5.0) and m.detections_per_image == 100
+    assert (settings.min_size_train, settings.max_size_train, settings.min_size_test, settings.max_size_test) == (
+        512,
+        512,
+        512,
+        512,
+    )
+    assert (settings.input_format, settings.mask_format, settings.weights) == ("BGR", "bitmask", "model_final.pth")
+    assert (settings.train_datasets, settings.test_datasets) == (("phantom_lung_train",), ("phantom_lung_val",))
+    assert (settings.base_lr, settings.max_iter, settings.ims_per_batch, settings.warmup_iters) == (1e-4, 60, 2, 0)
+    assert (settings.momentum, settings.weight_decay, settings.steps, settings.amp_enabled) == (0.0, 1e-4, (), False)
+    assert (settings.num_workers, settings.filter_empty_annotations, settings.aspect_ratio_grouping) == (0, True, True)
+    assert settings.seed == 20260601
+
+
+def test_x101_reference_config(parity_dir: Path) -> None:
+    path = parity_dir / "x101" / "expected" / "config_reference.yaml"
+    settings = from_detectron2_config(load(path))
+    m = settings.model
+    assert (m.depth, m.num_groups, m.width_per_group, m.fpn_out_channels) == (101, 32, 8, 256)
+    assert m.pixel_std == (57.375, 57.12, 58.395)
+    assert (m.num_classes, m.res2_out_channels, m.freeze_at, m.box_head_fc_dim, m.mask_head_conv_dim) == (
+        80,
+        256,
+        2,
+        1024,
+        256,
+    )
+    assert (settings.steps, settings.warmup_iters, settings.momentum) == ((210000, 250000), 1000, 0.9)
+    # Our defaults are Base-RCNN-FPN's with a ResNet-50 body: the X101 zoo config differs in exactly these.
+    defaults = MaskRCNNConfig()
+    same = {f: getattr(m, f) == getattr(defaults, f) for f in vars(defaults)}
+    assert [f for f, ok in same.items() if not ok] == [
+        "num_classes",
+        "depth",
+        "num_groups",
+        "width_per_group",
+        "pixel_std",
+    ]
+
+
+def test_config_detection(parity_dir: Path, tmp_path: Path) -> None:
+    assert is_detectron2_config(parity_dir / "tiny_lung" / "config.yaml")
+    assert is_detectron2_config({"MODEL": {"META_ARCHITECTURE": "GeneralizedRCNN"}})
+    lightning = tmp_path / "fit.yaml"
+    lightning.write_text("model:\n  arch:\n    depth: 101\ntrainer:\n  max_steps: 10\n")
+    assert not is_detectron2_config(lightning)
+    assert not is_detectron2_config({"model": {}})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("MODEL.ROI_HEADS.NAME", "CascadeROIHeads"),
+        ("MODEL.META_ARCHITECTURE", "RetinaNet"),
+        ("MODEL.KEYPOINT_ON", True),
+        ("MODEL.LOAD_PROPOSALS", True),
+        ("MODEL.MASK_ON", False),
+        ("MODEL.RESNETS.DEFORM_ON_PER_STAGE", [False, True, True, True]),
+        ("MODEL.RESNETS.RES5_DILATION", 2),
+        ("MODEL.FPN.NORM", "GN"),
+        ("MODEL.FPN.FUSE_TYPE", "avg"),
+        ("MODEL.ANCHOR_GENERATOR.NAME", "RotatedAnchorGenerator"),
+        ("MODEL.ROI_BOX_HEAD.NUM_CONV", 4),
+        ("MODEL.ROI_BOX_HEAD.NUM_FC", 1),
+        ("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True),
+        ("MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", True),
+        ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIAlign"),
+        ("MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIPool"),
+        ("MODEL.ROI_BOX_HEAD.USE_FED_LOSS", True),
+        ("MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE", True),
+        ("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou"),
+        ("MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 0.5),
+        ("MODEL.RPN.SMOOTH_L1_BETA", 0.1111),
+        ("INPUT.FORMAT", "L"),
+        ("INPUT.CROP.ENABLED", True),
+        ("INPUT.RANDOM_FLIP", "horizontal"),
+        ("INPUT.MIN_SIZE_TRAIN", [640, 672, 704, 736, 768, 800]),
+        ("TEST.AUG.ENABLED", True),
+        ("SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"),
+    ],
+)
+def test_unsupported_settings_are_refused_by_name_and_value(tiny: dict, key: str, value: Any) -> None:
+    with pytest.raises(UnsupportedConfigError) as err:
+        from_detectron2_config(with_value(tiny, key, value))
+    assert f"{key} = {value!r}" in str(err.value)
+
+
+def test_every_refusal_is_listed_at_once(tiny: dict) -> None:
+    cfg = with_value(with_value(tiny, "MODEL.ROI_HEADS.NAME", "CascadeROIHeads"), "INPUT.RANDOM_FLIP", "vertical")
+    with pytest.raises(UnsupportedConfigError, match=r"(?s)ROI_HEADS\.NAME.*RANDOM_FLIP"):
+        from_detectron2_config(cfg)
+
+
+def test_accepted_variants(tiny: dict) -> None:
+    rgb = from_detectron2_config(with_value(tiny, "INPUT.FORMAT", "RGB"))
+    assert rgb.input_format == "RGB"
+    assert from_detectron2_config(with_value(tiny, "MODEL.RESNETS.NORM", "GN")).model.norm == "GN"
+    assert from_detectron2_config(with_value(tiny, "MODEL.ROI_MASK_HEAD.NUM_CONV", 2)).model.mask_head_num_conv == 2
+    assert from_detectron2_config(with_value(tiny, "INPUT.MIN_SIZE_TRAIN", 600)).min_size_train == 600
+    # Components a Mask R-CNN does not use are ignored, whatever they say; so are keys older dumps lack.
+    other = with_value(tiny, "MODEL.RETINANET.NUM_CONVS", 8)
+    del other["MODEL"]["ROI_BOX_HEAD"]["USE_FED_LOSS"]
+    assert from_detectron2_config(other).model == from_detectron2_config(tiny).model
+
+
+def test_unresolved_or_partial_configs_are_refused(tiny: dict) -> None:
+    with pytest.raises(UnsupportedConfigError, match="_BASE_"):
+        from_detectron2_config({"_BASE_": "../Base-RCNN-FPN.yaml", "MODEL": {"MASK_ON": True}})
+    partial = copy.deepcopy(tiny)
+    del partial["MODEL"]["RESNETS"]["DEPTH"]
+    with pytest.raises(UnsupportedConfigError, match="MODEL.RESNETS.DEPTH is missing"):
+        from_detectron2_config(partial)

@@ -1,0 +1,160 @@
+"""The tiny_lung Mask R-CNN against detectron2's own outputs: FPN features, proposals, predictions and losses."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+
+from segmentation.data.coco import load_coco_json
+from segmentation.data.mapper import map_for_inference, map_for_training
+from segmentation.model.config import MaskRCNNConfig
+from segmentation.model.mask_rcnn import MaskRCNN, build_mask_rcnn
+from segmentation.model.weights import load_weights
+
+pytestmark = pytest.mark.parity
+
+TINY_LUNG = MaskRCNNConfig(
+    num_classes=1,
+    depth=50,
+    num_groups=4,
+    width_per_group=4,
+    res2_out_channels=64,
+    stride_in_1x1=False,
+    norm="FrozenBN",
+    freeze_at=0,
+    fpn_out_channels=64,
+    box_head_fc_dim=256,
+    mask_head_conv_dim=64,
+    roi_batch_size_per_image=128,
+    pixel_std=(57.375, 57.12, 58.395),
+)
+SIZE = 512
+FEATURE_NAMES = {"p2": "0", "p3": "1", "p4": "2", "p5": "3", "p6": "pool"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _load(cfg: MaskRCNNConfig, parity_dir: Path) -> MaskRCNN:
+    model = build_mask_rcnn(cfg)
+    load_weights(model, parity_dir / "tiny_lung" / "model_final.pkl")
+    return model
+
+
+@pytest.fixture(scope="module")
+def model(parity_dir: Path) -> MaskRCNN:
+    return _load(TINY_LUNG, parity_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def expected(parity_dir: Path) -> Path:
+    return parity_dir / "tiny_lung" / "expected"
+
+
+def _mapped_image(expected: Path, i: int) -> torch.Tensor:
+    gray = np.load(expected / "mapped_inputs.npz")[f"image_{i}"]
+    return torch.from_numpy(np.stack([gray] * 3))
+
+
+def test_fpn_features_match_detectron2(model: MaskRCNN, expected: Path) -> None:
+    ref = np.load(expected / "features.npz")
+    with torch.no_grad():
+        image_list, _ = model.transform([_mapped_image(expected, 0)])
+        features = model.backbone(image_list.tensors)
+    for level, name in FEATURE_NAMES.items():
+        ours = features[name][0].numpy()
+        std = float(ref[f"{level}_std"])
+        assert list(ours.shape) == list(ref[f"{level}_shape"])
+        c, y, x = ref[f"{level}_pos"].T
+        assert np.abs(ours[c, y, x] - ref[f"{level}_vals"]).max() <= 1e-4 * std, level
+        assert abs(ours.mean() - float(ref[f"{level}_mean"])) <= 1e-4 * std, level
+        assert abs(ours.std() - std) <= 1e-4 * std, level
+        if level in ("p4", "p5", "p6"):
+            assert np.abs(ours - ref[level]).max() <= 1e-4 * std, level
+
+
+@pytest.mark.parametrize("i", [0, 1, 2])
+def test_proposals_match_detectron2_as_sets(model: MaskRCNN, expected: Path, i: int) -> None:
+    ref = np.load(expected / "proposals.npz")
+    image = _mapped_image(expected, i)
+    assert tuple(image.shape[1:]) == tuple(ref[f"resized_hw_{i}"])
+    with torch.no_grad():
+        image_list, _ = model.transform([image])
+        assert tuple(image_list.tensors.shape[2:]) == tuple(ref[f"padded_hw_{i}"])
+        boxes, logits, *_ = model.rpn.propose(image_list, model.backbone(image_list.tensors))
+    ours, theirs = boxes[0].numpy(), ref[f"boxes_{i}"]
+    assert ours.shape == theirs.shape
+    # Each reference proposal has one of ours within 1e-3 px on every coordinate, and vice versa.
+    dist = np.abs(ours[:, None, :] - theirs[None, :, :]).max(axis=2)
+    assert dist.min(axis=0).max() <= 1e-3
+    assert dist.min(axis=1).max() <= 1e-3
+    assert np.abs(np.sort(logits[0].numpy()) - np.sort(ref[f"logits_{i}"])).max() <= 1e-3
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def test_predictions_match_detectron2(model: MaskRCNN, parity_dir: Path, expected: Path) -> None:
+    dataset = parity_dir / "tiny_lung" / "dataset"
+    split = load_coco_json(dataset / "coco_val_lung.json", dataset / "val")
+    reference = json.loads((expected / "predictions.json").read_text())
+    assert len(split.images) == 24
+    for record in split.images:
+        image, info = map_for_inference(record, SIZE, SIZE)
+        with torch.no_grad():
+            (ours,) = model([image], output_sizes=[(info["height"], info["width"])])
+        theirs = [r for r in reference if r["image_id"] == info["image_id"] and r["score"] >= 0.05]
+        assert int((ours["scores"] >= 0.05).sum()) == len(theirs), record.file_name
+        for det in theirs:
+            x, y, w, h = det["bbox"]
+            ref_box = np.array([x, y, x + w, y + h])
+            ref_mask = mask_util.decode(det["segmentation"]).astype(bool)
+            candidates = [
+                k for k in range(len(ours["scores"]))
+                if int(ours["labels"][k]) == det["category_id"]
+                and _box_iou(ours["boxes"][k].numpy(), ref_box) >= 0.99
+                and abs(float(ours["scores"][k]) - det["score"]) <= 1e-3
+            ]
+            assert candidates, (record.file_name, det["bbox"], det["score"])
+            mask = ours["masks"][candidates[0]].numpy()
+            mask_iou = (mask & ref_mask).sum() / max((mask | ref_mask).sum(), 1)
+            assert mask_iou >= 0.98, (record.file_name, mask_iou)
+
+
+@pytest.mark.parametrize("batch", ["batch_A", "batch_B"])
+def test_training_losses_match_detectron2(parity_dir: Path, expected: Path, batch: str) -> None:
+    cfg = dataclasses.replace(TINY_LUNG, rpn_batch_size_per_image=1_000_000, roi_batch_size_per_image=1_000_000)
+    model = _load(cfg, parity_dir).train()
+    reference = json.loads((expected / "losses.json").read_text())[batch]
+    dataset = parity_dir / "tiny_lung" / "dataset"
+    split = load_coco_json(dataset / "coco_train_lossbatch_lung.json", dataset / "train")
+    by_name = {Path(r.file_name).name: r for r in split.images}
+    images, targets = [], []
+    for name in reference["file_names"]:
+        image, target = map_for_training(by_name[name], SIZE, SIZE, split.categories)
+        images.append(image)
+        targets.append(target)
+    assert [len(t["labels"]) for t in targets] == reference["gt_instances_after_mapper"]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(images, targets)
+    for key, value in reference["losses"].items():
+        assert float(out[key]) == pytest.approx(value, rel=1e-3), key
+    for key, value in reference["event_storage_scalars"].items():
+        assert float(out[key]) == pytest.approx(value, rel=1e-3), key
