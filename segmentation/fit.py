@@ -2,7 +2,8 @@
 
 Training runs for ``trainer.max_steps`` iterations; validation runs every ``trainer.val_check_interval`` steps and
 always after the last one (detectron2's EvalHook), then the test split is evaluated with the final weights. The
-final weights are also exported as a plain state dict, ``<output_dir>/model_final.pth``.
+final weights are also exported as a plain state dict, ``<output_dir>/model_final.pth``, next to
+``checkpoints/last.ckpt`` (resumable) and ``checkpoints/best.ckpt`` (best val segm AP).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def main(args: list[str] | None = None) -> None:
     cli = SegmentationCLI(args=args, description=__doc__)
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     trainer.fit(module, datamodule=data, ckpt_path=cli.config.ckpt_path)
+    # The periodic checkpoint may not fall on the last step; a resumable state of the finished run always exists.
+    trainer.save_checkpoint(Path(cli.config_init["checkpoint_last"].dirpath) / "last.ckpt")
     if data.val_json is not None and module.last_evaluation_step != trainer.global_step:
         trainer.validate(module, datamodule=data)
     if data.test_json is not None:

@@ -43,12 +43,12 @@ class MetricsJsonWriter(pl.Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / self.filename
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Drop lines at or after the starting step, so a resumed run continues the file without duplicates."""
+        """Drop lines written after the starting step, so a resumed run continues the file without duplicates."""
         path = self.path(trainer)
         if trainer.is_global_zero and path.exists():
-            start = trainer.global_step
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] < start]
-            path.write_text("".join(line + "\n" for line in kept))
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line]
+            kept = [line for line in lines if _written_at_step(line) <= trainer.global_step]
+            path.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in kept))
         self._last_end = time.perf_counter()
 
     def on_train_batch_start(
@@ -106,3 +106,8 @@ class MetricsJsonWriter(pl.Callback):
             f.write(json.dumps({"iteration": iteration, **values}, sort_keys=True) + "\n")
         for logger in trainer.loggers:
             logger.log_metrics(values, step=iteration)
+
+
+def _written_at_step(line: dict[str, Any]) -> int:
+    """The global step after which a line was written: training lines name the 0-based iteration just finished."""
+    return line["iteration"] + 1 if "lr" in line else line["iteration"]

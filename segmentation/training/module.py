@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
-from segmentation.evaluation.coco_evaluator import CocoEvaluator
-from segmentation.evaluation.tables import format_evaluation_report
+from segmentation.evaluation.coco_evaluator import TASKS, CocoEvaluator
+from segmentation.evaluation.tables import copypaste_lines, format_task_report
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
 from segmentation.model.weights import load_weights, resolve
@@ -166,13 +165,20 @@ class MaskRCNNModule(pl.LightningModule):
     def _finish_evaluation(self, split: str, prefix: str) -> None:
         """Compute AP over all ranks' images, print detectron2's report and log ``bbox/AP`` ... ``segm/APl``."""
         evaluator = self._evaluators[split]
-        results = evaluator.compute()
+        evaluation = evaluator.evaluate()
         evaluator.reset()
-        rank_zero_info(f"Evaluation on {split} ({Path(evaluator.gt_json).name}):\n" + format_evaluation_report(results))
+        results = evaluation.results()
+        report = [f"Evaluation on the {split} split:"]
+        report += [
+            format_task_report(task, evaluation.stats[task], evaluation.per_category_ap.get(task)) for task in TASKS
+        ]
+        report += copypaste_lines(results)
+        if self.trainer.is_global_zero:
+            print("\n".join(report), flush=True)
         if split == "val":
             self.last_evaluation_step = self.global_step
         self.last_evaluation = {
-            f"{prefix}{task}/{name}": value for task in ("bbox", "segm") for name, value in results[task].items()
+            f"{prefix}{task}/{name}": value for task in TASKS for name, value in results[task].items()
         }
         # Every rank holds the same gathered numbers, so no reduction is needed.
         self.log_dict(self.last_evaluation, sync_dist=False, rank_zero_only=False)

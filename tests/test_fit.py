@@ -1,0 +1,83 @@
+"""``python -m segmentation.fit``: one command trains, evaluates val and test, and leaves a resumable run directory."""
+
+import json
+
+import pytest
+import torch
+
+from segmentation.data.phantom import make_phantom
+from segmentation.fit import main
+from segmentation.training.schedule import warmup_multistep_factor
+
+TRAINING_KEYS = {
+    "iteration", "total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc", "lr", "time",
+    "data_time", "rank_data_time", "eta_seconds", "fast_rcnn/cls_accuracy", "fast_rcnn/fg_cls_accuracy",
+    "fast_rcnn/false_negative", "mask_rcnn/accuracy", "mask_rcnn/false_positive", "mask_rcnn/false_negative",
+    "roi_head/num_fg_samples", "roi_head/num_bg_samples", "rpn/num_pos_anchors", "rpn/num_neg_anchors",
+}  # fmt: skip
+AP_KEYS = {f"{task}/{name}" for task in ("bbox", "segm") for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    return make_phantom(tmp_path_factory.mktemp("phantom"), n_train=1, n_val=1, n_test=1, slices_per_volume=4, size=128)
+
+
+def small_run(phantom, output_dir, *extra):
+    data = [f"--data.{key}={path}" for key, path in phantom.items()]
+    sizes = [f"--data.{k}=128" for k in ("min_size_train", "max_size_train", "min_size_test", "max_size_test")]
+    return ["--config", "configs/quickstart.yaml", "--output_dir", str(output_dir), *data, *sizes,
+            "--data.num_workers=0", "--trainer.enable_progress_bar=false", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(phantom, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run")
+    main(small_run(phantom, output_dir, "--trainer.max_steps=3"))
+    return output_dir
+
+
+def metrics_lines(output_dir):
+    return [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
+
+
+def test_run_directory_holds_config_metrics_checkpoints_and_final_model(run):
+    for name in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "model_final.pth"):
+        assert (run / name).is_file(), name
+
+
+def test_metrics_json_has_training_curves_then_val_and_test_ap(run):
+    train, val, test = metrics_lines(run)
+    assert train["iteration"] == 2 and set(train) == TRAINING_KEYS
+    assert val["iteration"] == 3 and set(val) == AP_KEYS | {"iteration"}
+    assert test["iteration"] == 3 and set(test) == {f"test/{key}" for key in AP_KEYS} | {"iteration"}
+
+
+def test_final_model_is_a_plain_state_dict_of_the_network(run):
+    state = torch.load(run / "model_final.pth", weights_only=True)
+    assert "backbone.body.conv1.weight" in state and "roi_heads.mask_predictor.mask_fcn_logits.weight" in state
+
+
+def test_saved_config_reruns_the_same_recipe(run):
+    saved = (run / "config.yaml").read_text()
+    assert "max_steps: 3" in saved and "fpn_out_channels: 64" in saved
+
+
+def test_prints_detectron2_tables_for_val_and_test(phantom, tmp_path, capfd):
+    main(small_run(phantom, tmp_path, "--trainer.max_steps=1"))
+    out = capfd.readouterr().out
+    assert out.count("Evaluation results for bbox: \n|  ") == 2
+    assert out.count("Evaluation results for segm:") == 2
+    assert out.count("copypaste: AP,AP50,AP75,APs,APm,APl") == 4
+
+
+def test_resume_continues_at_the_next_step_without_duplicate_lines(phantom, tmp_path):
+    main(small_run(phantom, tmp_path, "--trainer.max_steps=3"))
+    main(small_run(phantom, tmp_path, "--trainer.max_steps=5", "--ckpt_path=last"))
+    checkpoint = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 5
+    lines = metrics_lines(tmp_path)
+    training = [line for line in lines if "total_loss" in line]
+    assert [line["iteration"] for line in training] == [2, 4]
+    assert training[1]["lr"] == pytest.approx(1e-3 * warmup_multistep_factor(4, warmup_iters=100))
+    assert [line["iteration"] for line in lines if "bbox/AP" in line] == [3, 5]
