@@ -40,10 +40,12 @@ class SegmentationCLI(LightningCLI):
     """LightningCLI for :class:`MaskRCNNModule` on a :class:`CocoDataModule`, writing into ``--output_dir``."""
 
     def __init__(self, args: list[str] | None = None, *, description: str = "") -> None:
+        given = sys.argv[1:] if args is None else args
+        translated = translate_detectron2_configs(given)
         super().__init__(
             MaskRCNNModule,
             CocoDataModule,
-            args=translate_detectron2_configs(sys.argv[1:] if args is None else args),
+            args=None if args is None and translated == given else translated,
             run=False,
             auto_configure_optimizers=False,
             trainer_defaults=TRAINER_DEFAULTS,

@@ -1,9 +1,10 @@
 """``python -m segmentation.fit``: train, then evaluate on val and test, like detectron2's ``train_net.py``.
 
 Training runs for ``trainer.max_steps`` iterations; validation runs every ``trainer.val_check_interval`` steps and
-always after the last one (detectron2's EvalHook), then the test split is evaluated with the final weights. The
-final weights are also exported as a plain state dict, ``<output_dir>/model_final.pth``, next to
-``checkpoints/last.ckpt`` (resumable) and ``checkpoints/best.ckpt`` (best val segm AP).
+always after the last one (detectron2's EvalHook), then the test split is evaluated with the final weights.
+Predictions and AP of each evaluation go to ``<output_dir>/inference/``. The final weights are also exported as a
+plain state dict, ``<output_dir>/model_final.pth``, next to ``checkpoints/last.ckpt`` (resumable) and
+``checkpoints/best.ckpt`` (best val segm AP).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from segmentation.cli import SegmentationCLI
 def main(args: list[str] | None = None) -> None:
     cli = SegmentationCLI(args=args, description=__doc__)
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    module.results_dir = Path(cli.config.output_dir) / "inference"
     trainer.fit(module, datamodule=data, ckpt_path=cli.config.ckpt_path)
     # The periodic checkpoint may not fall on the last step; a resumable state of the finished run always exists.
     trainer.save_checkpoint(Path(cli.config_init["checkpoint_last"].dirpath) / "last.ckpt")

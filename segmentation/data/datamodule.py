@@ -331,13 +331,13 @@ class CocoDataModule(pl.LightningDataModule):
         sampler = InferenceSampler(len(dataset), rank=rank, world_size=world_size)
         return DataLoader(dataset, batch_size=1, sampler=sampler, **self._loader_kwargs())
 
-    def val_dataloader(self) -> DataLoader:
-        """This rank's unpadded shard of the val images, batch size 1."""
-        return self._inference_loader(self.val_split)
+    def val_dataloader(self) -> DataLoader | list:
+        """This rank's unpadded shard of the val images, batch size 1 (no loader, so no validation, without val)."""
+        return self._inference_loader(self.val_split) if self.val_json is not None else []
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | list:
         """This rank's unpadded shard of the test images, batch size 1."""
-        return self._inference_loader(self.test_split)
+        return self._inference_loader(self.test_split) if self.test_json is not None else []
 
     def state_dict(self) -> dict[str, int]:
         """Saved in Lightning checkpoints: how many training batches the loop has consumed (not just prefetched)."""

@@ -1,0 +1,55 @@
+"""``python -m segmentation.evaluate``: detectron2's ``--eval-only``, for any weights the project loads.
+
+Two ways in, one scoring path (``CocoEvaluator``):
+
+* a model: ``--config C --model.weights W --data.val_json J --data.val_images D --output_dir O`` runs inference
+  in fp32 with batch 1 (on N processes with ``--trainer.devices N --trainer.strategy ddp``), prints detectron2's
+  tables and writes ``O/predictions.json`` (detectron2's ``coco_instances_results.json`` format) and ``O/eval.json``.
+  ``C`` is one of our configs or a detectron2 ``config.yaml`` dump; ``W`` a detectron2 ``.pkl``/``.pth``, one of
+  our checkpoints, a URL or ``detectron2://...``.
+* a results file: ``--predictions P.json --data.val_json J --output_dir O`` scores existing detections (ours or
+  detectron2's) and writes the same ``O/eval.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from segmentation.cli import SegmentationCLI
+from segmentation.evaluation.coco_evaluator import TASKS, evaluate_results_file
+from segmentation.evaluation.results import write_json_atomic
+from segmentation.training.module import evaluation_report
+
+
+def main(args: list[str] | None = None) -> None:
+    args = sys.argv[1:] if args is None else args
+    if any(arg == "--predictions" or arg.startswith("--predictions=") for arg in args):
+        score_results_file(args)
+        return
+    cli = SegmentationCLI(args=args, description=__doc__)
+    if cli.datamodule.val_json is None:
+        raise SystemExit("segmentation.evaluate: --data.val_json and --data.val_images are required")
+    cli.model.results_dir = Path(cli.config.output_dir)
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule)
+
+
+def score_results_file(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m segmentation.evaluate", description=__doc__)
+    parser.add_argument("--predictions", required=True, help="COCO results json (coco_instances_results.json)")
+    parser.add_argument("--data.val_json", dest="val_json", required=True, help="ground-truth COCO json")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--model.eval_backend", dest="backend", default="pycocotools")
+    parser.add_argument("--model.score_threshold", dest="score_threshold", type=float, default=0.5)
+    options = parser.parse_args(args)
+    evaluation = evaluate_results_file(
+        options.predictions, options.val_json, backend=options.backend, score_threshold=options.score_threshold
+    )
+    print(evaluation_report("val", evaluation), flush=True)
+    results = evaluation.results()
+    write_json_atomic(Path(options.output_dir) / "eval.json", {task: results[task] for task in TASKS})
+
+
+if __name__ == "__main__":
+    main()
