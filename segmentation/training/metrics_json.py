@@ -38,13 +38,15 @@ class MetricsJsonWriter(pl.Callback):
         self._data_times: deque[float] = deque(maxlen=window)
         self._last_end: float | None = None
         self._lr = 0.0
+        self.path = Path(filename)
 
-    def path(self, trainer: pl.Trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # trainer.log_dir is a collective call under DDP: resolve it here, where every rank runs.
+        self.path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Drop lines written after the starting step, so a resumed run continues the file without duplicates."""
-        path = self.path(trainer)
+        path = self.path
         if trainer.is_global_zero and path.exists():
             lines = [json.loads(line) for line in path.read_text().splitlines() if line]
             kept = [line for line in lines if _written_at_step(line) <= trainer.global_step]
@@ -100,7 +102,7 @@ class MetricsJsonWriter(pl.Callback):
     def _emit(self, trainer: pl.Trainer, iteration: int, values: dict[str, float]) -> None:
         if not trainer.is_global_zero:
             return
-        path = self.path(trainer)
+        path = self.path
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.write(json.dumps({"iteration": iteration, **values}, sort_keys=True) + "\n")
