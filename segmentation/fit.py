@@ -42,4 +42,4 @@ def export_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -81,3 +81,29 @@ def test_resume_continues_at_the_next_step_without_duplicate_lines(phantom, tmp_
     assert [line["iteration"] for line in training] == [2, 4]
     assert training[1]["lr"] == pytest.approx(1e-3 * warmup_multistep_factor(4, warmup_iters=100))
     assert [line["iteration"] for line in lines if "bbox/AP" in line] == [3, 5]
+
+
+RECIPE = "configs/mask_rcnn_X_101_32x8d_FPN_3x.yaml"
+
+
+def test_recipe_config_prints_the_seed_values_and_the_zoo_url(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", RECIPE, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    for expected in (
+        "https://dl.fbaipublicfiles.com/detectron2/COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x/"
+        "139653917/model_final_2d9806.pkl",
+        "depth: 101", "num_groups: 32", "width_per_group: 8", "freeze_at: 2", "norm: FrozenBN",
+        "roi_batch_size_per_image: 128", "lr: 0.0001", "warmup_iters: 1000", "warmup_factor: 0.001",
+        "max_steps: 3000", "batch_size: 4", "num_workers: 2", "precision: 16-mixed", "min_size_train: 512",
+    ):  # fmt: skip
+        assert expected in printed, expected
+
+
+def test_recipe_config_trains_on_cpu_without_downloading_weights(phantom, tmp_path):
+    data = [f"--data.{key}={path}" for key, path in phantom.items()]
+    sizes = [f"--data.{k}=128" for k in ("min_size_train", "max_size_train", "min_size_test", "max_size_test")]
+    main(["--config", RECIPE, "--model.weights=null", "--trainer.max_steps=2", "--data.batch_size=1",
+          "--data.num_workers=0", "--output_dir", str(tmp_path), *data, *sizes])  # fmt: skip
+    assert [line["iteration"] for line in metrics_lines(tmp_path)] == [1, 2, 2]
