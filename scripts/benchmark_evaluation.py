@@ -42,15 +42,25 @@ def make_ground_truth(path: Path, images: int, size: int, objects: int, seed: in
             mask[y0:y1, x0:x1] = 1
             rle = mask_utils.encode(mask)
             anns.append(
-                {"id": len(anns) + 1, "image_id": image_id, "category_id": int(rng.integers(1, 4)), "iscrowd": 0,
-                 "area": float((x1 - x0) * (y1 - y0)), "bbox": [x0, y0, x1 - x0, y1 - y0],
-                 "segmentation": {"size": [size, size], "counts": rle["counts"].decode()}}
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": int(rng.integers(1, 4)),
+                    "iscrowd": 0,
+                    "area": float((x1 - x0) * (y1 - y0)),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "segmentation": {"size": [size, size], "counts": rle["counts"].decode()},
+                }
             )
-    path.write_text(json.dumps({
-        "images": [{"id": i, "height": size, "width": size} for i in range(1, images + 1)],
-        "annotations": anns,
-        "categories": [{"id": c, "name": f"class{c}"} for c in (1, 2, 3)],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": i, "height": size, "width": size} for i in range(1, images + 1)],
+                "annotations": anns,
+                "categories": [{"id": c, "name": f"class{c}"} for c in (1, 2, 3)],
+            }
+        )
+    )
 
 
 def detections(rng: np.random.Generator, n: int, size: int) -> dict[str, torch.Tensor]:
@@ -109,13 +119,17 @@ def main() -> None:
         make_ground_truth(gt_path, args.images, args.size, args.objects, args.seed)
         rows = [run(b, gt_path, args.images, args.detections, args.size, args.seed) for b in args.backends]
 
-    print(f"{args.images} images {args.size}x{args.size}, {args.detections} detections each, "
-          f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.images} images {args.size}x{args.size}, {args.detections} detections each, "
+        f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'backend':<18}{'update s':>10}{'compute s':>11}{'total s':>10}{'RLE MiB':>10}{'peak RSS MiB':>14}")
     for r in rows:
         total = r["update_s"] + r["compute_s"]
-        print(f"{r['backend']:<18}{r['update_s']:>10.2f}{r['compute_s']:>11.2f}{total:>10.2f}{r['rle_mib']:>10.1f}"
-              f"{r['peak_rss_mib_so_far']:>14.1f}")
+        print(
+            f"{r['backend']:<18}{r['update_s']:>10.2f}{r['compute_s']:>11.2f}{total:>10.2f}{r['rle_mib']:>10.1f}"
+            f"{r['peak_rss_mib_so_far']:>14.1f}"
+        )
     print(json.dumps({"images": args.images, "detections": args.detections, "size": args.size, "runs": rows}))
 
 

@@ -10,7 +10,6 @@ plain state dict, ``<output_dir>/model_final.pth``, next to ``checkpoints/last.c
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import torch

@@ -75,7 +75,8 @@ def test_scoring_detectron2s_results_file_reproduces_its_numbers_exactly(tiny, t
 
 
 def test_ddp_on_three_cpu_processes_gives_the_single_process_numbers(tiny, evaluated, tmp_path):
-    args = evaluate_args(tiny, tmp_path) + ["--trainer.accelerator=cpu", "--trainer.devices=3", "--trainer.strategy=ddp"]
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=3", "--trainer.strategy=ddp"]
+    args = evaluate_args(tiny, tmp_path) + ddp
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "segmentation.evaluate", *args], check=True, env=env, capture_output=True)
     assert json.loads((tmp_path / "eval.json").read_text()) == json.loads((evaluated / "eval.json").read_text())

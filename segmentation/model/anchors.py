@@ -55,7 +55,10 @@ class D2AnchorGenerator(AnchorGenerator):
         super().__init__(tuple(tuple(s) for s in sizes), (tuple(aspect_ratios),) * len(sizes))
 
     def generate_anchors(  # type: ignore[override]
-        self, scales: Sequence[float], aspect_ratios: Sequence[float], dtype: torch.dtype = torch.float32,
+        self,
+        scales: Sequence[float],
+        aspect_ratios: Sequence[float],
+        dtype: torch.dtype = torch.float32,
         device: torch.device | None = None,
     ) -> Tensor:
         return cell_anchors(scales, aspect_ratios).to(device=device)

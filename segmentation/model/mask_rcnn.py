@@ -38,9 +38,7 @@ class D2Transform(GeneralizedRCNNTransform):
             image = image.float()
         return super().normalize(image)
 
-    def resize(
-        self, image: Tensor, target: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor] | None]:
         return image, target
 
 
@@ -109,4 +107,3 @@ def build_mask_rcnn(cfg: MaskRCNNConfig) -> MaskRCNN:
         detections_per_img=cfg.detections_per_image,
     )
     return MaskRCNN(backbone, rpn, roi_heads, D2Transform(cfg.pixel_mean, cfg.pixel_std))
-

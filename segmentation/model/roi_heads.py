@@ -169,9 +169,20 @@ class D2RoIHeads(RoIHeads):
         detections_per_img: int,
     ) -> None:
         super().__init__(
-            box_roi_pool, box_head, box_predictor, iou_threshold, iou_threshold, batch_size_per_image,
-            positive_fraction, bbox_reg_weights, score_thresh, nms_thresh, detections_per_img,
-            mask_roi_pool, mask_head, mask_predictor,
+            box_roi_pool,
+            box_head,
+            box_predictor,
+            iou_threshold,
+            iou_threshold,
+            batch_size_per_image,
+            positive_fraction,
+            bbox_reg_weights,
+            score_thresh,
+            nms_thresh,
+            detections_per_img,
+            mask_roi_pool,
+            mask_head,
+            mask_predictor,
         )
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction

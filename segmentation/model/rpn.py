@@ -78,8 +78,15 @@ class D2RPN(RegionProposalNetwork):
     ) -> None:
         bg_iou, fg_iou = iou_thresholds
         super().__init__(
-            anchor_generator, head, fg_iou, bg_iou, batch_size_per_image, positive_fraction,
-            pre_nms_top_n, post_nms_top_n, nms_thresh,
+            anchor_generator,
+            head,
+            fg_iou,
+            bg_iou,
+            batch_size_per_image,
+            positive_fraction,
+            pre_nms_top_n,
+            post_nms_top_n,
+            nms_thresh,
         )
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction

@@ -110,15 +110,29 @@ def make_split(seed: int = 0) -> tuple[dict, dict[int, dict[str, torch.Tensor]]]
             annotations[-1]["area"] = 0.0
         if image_id == 31:  # tiny_lung's empty slice: counts [h*w], area 0, bbox zeros, iscrowd 0
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": 31, "category_id": 3, "area": 0.0, "bbox": [0.0] * 4,
-                 "segmentation": {"size": [h, w], "counts": [h * w]}, "iscrowd": 0}
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": 31,
+                    "category_id": 3,
+                    "area": 0.0,
+                    "bbox": [0.0] * 4,
+                    "segmentation": {"size": [h, w], "counts": [h * w]},
+                    "iscrowd": 0,
+                }
             )
         if image_id == CROWDED_IMAGE:
             crowd = np.zeros((h, w), dtype=bool)
             crowd[70:115, 90:155] = True
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": image_id, "category_id": 7, "iscrowd": 1,
-                 "segmentation": _uncompressed_rle(crowd), "area": float(crowd.sum()), "bbox": [90.0, 70.0, 65.0, 45.0]}
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 7,
+                    "iscrowd": 1,
+                    "segmentation": _uncompressed_rle(crowd),
+                    "area": float(crowd.sum()),
+                    "bbox": [90.0, 70.0, 65.0, 45.0],
+                }
             )
             gt_masks.append(crowd)
             gt_labels.append(7)

@@ -52,8 +52,14 @@ def test_iou_below_half_is_a_miss_and_crowd_regions_are_ignored():
     acc = OperatingPointAccumulator()
     gt = [_box(0, 10, 0, 10), _box(10, 20, 0, 20)]
     dets = [_box(0, 10, 0, 4), _box(12, 20, 0, 20)]  # IoU 0.4 with the object; inside the crowd region
-    acc.add_image([_rle(m) for m in dets], np.array([0.9, 0.9]), np.array([1, 1]), [_rle(m) for m in gt],
-                  np.array([1, 1]), np.array([0, 1]))
+    acc.add_image(
+        [_rle(m) for m in dets],
+        np.array([0.9, 0.9]),
+        np.array([1, 1]),
+        [_rle(m) for m in gt],
+        np.array([1, 1]),
+        np.array([0, 1]),
+    )
     s = acc.summary()
     assert (s["true_positives"], s["false_positives"], s["false_negatives"]) == (0, 1, 1)
     inter, pred, gt_area = 40 + 160, 40 + 160, 100 + 200
@@ -83,8 +89,15 @@ def test_evaluator_reports_operating_point_over_every_json_image(tmp_path):
     gt = {
         "images": [{"id": 1, "height": 20, "width": 20}, {"id": 2, "height": 20, "width": 20}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 5, "iscrowd": 0, "area": 100.0, "bbox": [0, 0, 10, 10],
-             "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]},
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 5,
+                "iscrowd": 0,
+                "area": 100.0,
+                "bbox": [0, 0, 10, 10],
+                "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]],
+            },
         ],
         "categories": [{"id": 5, "name": "lung"}],
     }
@@ -95,8 +108,12 @@ def test_evaluator_reports_operating_point_over_every_json_image(tmp_path):
     mask = torch.from_numpy(mask_utils.decode(polygon)[..., 0].astype(bool))
     evaluator.update(
         1,
-        {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.8]), "labels": torch.tensor([1]),
-         "masks": mask[None]},
+        {
+            "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]),
+            "scores": torch.tensor([0.8]),
+            "labels": torch.tensor([1]),
+            "masks": mask[None],
+        },
     )
     op = evaluator.compute()["operating_point"]  # image 2 was never updated: empty prediction, empty GT -> 1.0
     assert op["images"] == 2 and op["precision"] == 1.0 and op["recall"] == 1.0

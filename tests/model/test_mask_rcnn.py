@@ -27,9 +27,16 @@ TINY = MaskRCNNConfig(
 )
 LOSSES = {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"}
 DIAGNOSTICS = {
-    "fast_rcnn/cls_accuracy", "fast_rcnn/fg_cls_accuracy", "fast_rcnn/false_negative",
-    "mask_rcnn/accuracy", "mask_rcnn/false_positive", "mask_rcnn/false_negative",
-    "roi_head/num_fg_samples", "roi_head/num_bg_samples", "rpn/num_pos_anchors", "rpn/num_neg_anchors",
+    "fast_rcnn/cls_accuracy",
+    "fast_rcnn/fg_cls_accuracy",
+    "fast_rcnn/false_negative",
+    "mask_rcnn/accuracy",
+    "mask_rcnn/false_positive",
+    "mask_rcnn/false_negative",
+    "roi_head/num_fg_samples",
+    "roi_head/num_bg_samples",
+    "rpn/num_pos_anchors",
+    "rpn/num_neg_anchors",
 }
 
 
@@ -45,10 +52,18 @@ def expected_state_dict_names(blocks: list[int]) -> list[str]:
                 names += [f"{prefix}.downsample.0.weight", *[f"{prefix}.downsample.1.{p}" for p in bn]]
     for kind in ("inner_blocks", "layer_blocks"):
         names += [f"backbone.fpn.{kind}.{i}.0.{p}" for i in range(4) for p in ("weight", "bias")]
-    for module in ("rpn.head.conv.0.0", "rpn.head.cls_logits", "rpn.head.bbox_pred", "roi_heads.box_head.fc6",
-                   "roi_heads.box_head.fc7", "roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred",
-                   *[f"roi_heads.mask_head.{i}.0" for i in range(4)], "roi_heads.mask_predictor.conv5_mask",
-                   "roi_heads.mask_predictor.mask_fcn_logits"):
+    for module in (
+        "rpn.head.conv.0.0",
+        "rpn.head.cls_logits",
+        "rpn.head.bbox_pred",
+        "roi_heads.box_head.fc6",
+        "roi_heads.box_head.fc7",
+        "roi_heads.box_predictor.cls_score",
+        "roi_heads.box_predictor.bbox_pred",
+        *[f"roi_heads.mask_head.{i}.0" for i in range(4)],
+        "roi_heads.mask_predictor.conv5_mask",
+        "roi_heads.mask_predictor.mask_fcn_logits",
+    ):
         names += [f"{module}.weight", f"{module}.bias"]
     return names
 

@@ -126,7 +126,8 @@ def test_predictions_match_detectron2(model: MaskRCNN, parity_dir: Path, expecte
             ref_box = np.array([x, y, x + w, y + h])
             ref_mask = mask_util.decode(det["segmentation"]).astype(bool)
             candidates = [
-                k for k in range(len(ours["scores"]))
+                k
+                for k in range(len(ours["scores"]))
                 if int(ours["labels"][k]) == det["category_id"]
                 and _box_iou(ours["boxes"][k].numpy(), ref_box) >= 0.99
                 and abs(float(ours["scores"][k]) - det["score"]) <= 1e-3

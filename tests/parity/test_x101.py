@@ -18,9 +18,7 @@ from segmentation.model.weights import load_weights
 
 pytestmark = pytest.mark.parity
 
-X101 = MaskRCNNConfig(
-    num_classes=80, depth=101, num_groups=32, width_per_group=8, pixel_std=(57.375, 57.12, 58.395)
-)
+X101 = MaskRCNNConfig(num_classes=80, depth=101, num_groups=32, width_per_group=8, pixel_std=(57.375, 57.12, 58.395))
 FEATURE_NAMES = ["0", "1", "2", "3", "pool"]
 
 
