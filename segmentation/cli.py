@@ -24,7 +24,13 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 
 from segmentation.data.datamodule import CocoDataModule
-from segmentation.model.detectron2_config import Detectron2Settings, from_detectron2_config, is_detectron2_config
+from segmentation.model.detectron2_config import (
+    Detectron2Settings,
+    UnsupportedConfigError,
+    from_detectron2_config,
+    is_detectron2_config,
+)
+from segmentation.training.interruption import SaveOnInterrupt
 from segmentation.training.metrics_json import MetricsJsonWriter
 from segmentation.training.module import MaskRCNNModule
 
@@ -59,6 +65,8 @@ class SegmentationCLI(LightningCLI):
             "--ckpt_path", type=str | None, default=None, help="Resume training from this checkpoint ('last' too)."
         )
         parser.add_lightning_class_args(MetricsJsonWriter, "metrics_json")
+        parser.add_lightning_class_args(SaveOnInterrupt, "save_on_interrupt")
+        parser.link_arguments("output_dir", "save_on_interrupt.dirpath", compute_fn=checkpoint_dir)
         for name in ("checkpoint_last", "checkpoint_best"):
             parser.add_lightning_class_args(ModelCheckpoint, name)
             parser.link_arguments("output_dir", f"{name}.dirpath", compute_fn=checkpoint_dir)
@@ -137,7 +145,9 @@ def translate_detectron2_configs(args: list[str]) -> list[str]:
 def config_from_detectron2(settings: Detectron2Settings) -> dict[str, Any]:
     """Our config for a detectron2 run: architecture, input sizes, data loading and solver numbers."""
     if settings.input_format != "BGR":
-        raise ValueError(f"INPUT.FORMAT {settings.input_format!r} is not supported: the model reads BGR images")
+        raise UnsupportedConfigError(
+            f"INPUT.FORMAT {settings.input_format!r} is not supported: the model reads BGR images"
+        )
     arch = json.loads(json.dumps(dataclasses.asdict(settings.model)))  # tuples -> lists for yaml
     return {
         "model": {

@@ -18,21 +18,23 @@ import sys
 from pathlib import Path
 
 from segmentation.cli import SegmentationCLI
+from segmentation.errors import ConfigError, user_errors_exit
 from segmentation.evaluation.coco_evaluator import TASKS, evaluate_results_file
 from segmentation.evaluation.results import write_json_atomic
 from segmentation.training.module import evaluation_report
 
 
 def main(args: list[str] | None = None) -> None:
-    args = sys.argv[1:] if args is None else args
-    if any(arg == "--predictions" or arg.startswith("--predictions=") for arg in args):
-        score_results_file(args)
-        return
-    cli = SegmentationCLI(args=args, description=__doc__)
-    if cli.datamodule.val_json is None:
-        raise SystemExit("segmentation.evaluate: --data.val_json and --data.val_images are required")
-    cli.model.results_dir = Path(cli.config.output_dir)
-    cli.trainer.validate(cli.model, datamodule=cli.datamodule)
+    given = sys.argv[1:] if args is None else args
+    with user_errors_exit():
+        if any(arg == "--predictions" or arg.startswith("--predictions=") for arg in given):
+            score_results_file(given)
+            return
+        cli = SegmentationCLI(args=args, description=__doc__)
+        if cli.datamodule.val_json is None:
+            raise ConfigError("give the split to evaluate with --data.val_json and --data.val_images")
+        cli.model.results_dir = Path(cli.config.output_dir)
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule)
 
 
 def score_results_file(args: list[str]) -> None:

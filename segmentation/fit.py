@@ -13,23 +13,31 @@ import os
 from pathlib import Path
 
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from segmentation.cli import SegmentationCLI
+from segmentation.errors import user_errors_exit
+from segmentation.training.interruption import interruption_message
 
 
 def main(args: list[str] | None = None) -> None:
-    cli = SegmentationCLI(args=args, description=__doc__)
-    trainer, module, data = cli.trainer, cli.model, cli.datamodule
-    module.results_dir = Path(cli.config.output_dir) / "inference"
-    trainer.fit(module, datamodule=data, ckpt_path=cli.config.ckpt_path)
-    # The periodic checkpoint may not fall on the last step; a resumable state of the finished run always exists.
-    trainer.save_checkpoint(Path(cli.config_init["checkpoint_last"].dirpath) / "last.ckpt")
-    if data.val_json is not None and module.last_evaluation_step != trainer.global_step:
-        trainer.validate(module, datamodule=data)
-    if data.test_json is not None:
-        trainer.test(module, datamodule=data)
-    if trainer.is_global_zero:
-        export_state_dict(module.model.state_dict(), Path(cli.config.output_dir) / "model_final.pth")
+    with user_errors_exit():
+        cli = SegmentationCLI(args=args, description=__doc__)
+        trainer, module, data = cli.trainer, cli.model, cli.datamodule
+        module.results_dir = Path(cli.config.output_dir) / "inference"
+        last = Path(cli.config_init["checkpoint_last"].dirpath) / "last.ckpt"
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=cli.config.ckpt_path)
+        except (SIGTERMException, torch.OutOfMemoryError) as stop:  # SaveOnInterrupt has saved the last step
+            raise SystemExit(interruption_message(stop, trainer.global_step, last)) from None
+        # The periodic checkpoint may not fall on the last step; a resumable state of the finished run always exists.
+        trainer.save_checkpoint(last)
+        if data.val_json is not None and module.last_evaluation_step != trainer.global_step:
+            trainer.validate(module, datamodule=data)
+        if data.test_json is not None:
+            trainer.test(module, datamodule=data)
+        if trainer.is_global_zero:
+            export_state_dict(module.model.state_dict(), Path(cli.config.output_dir) / "model_final.pth")
 
 
 def export_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> None:

@@ -16,6 +16,11 @@ TRAINING_KEYS = {
     "roi_head/num_fg_samples", "roi_head/num_bg_samples", "rpn/num_pos_anchors", "rpn/num_neg_anchors",
 }  # fmt: skip
 AP_KEYS = {f"{task}/{name}" for task in ("bbox", "segm") for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+EVALUATION_KEYS = AP_KEYS | {"validation_loss"} | {
+    f"operating_point/{name}"
+    for name in ("score_threshold", "precision", "recall", "f1", "dice", "iou", "true_positives", "false_positives",
+                 "false_negatives", "images")
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +54,9 @@ def test_run_directory_holds_config_metrics_checkpoints_and_final_model(run):
 def test_metrics_json_has_training_curves_then_val_and_test_ap(run):
     train, val, test = metrics_lines(run)
     assert train["iteration"] == 2 and set(train) == TRAINING_KEYS
-    assert val["iteration"] == 3 and set(val) == AP_KEYS | {"iteration"}
-    assert test["iteration"] == 3 and set(test) == {f"test/{key}" for key in AP_KEYS} | {"iteration"}
+    assert val["iteration"] == 3 and set(val) == EVALUATION_KEYS | {"iteration"}
+    assert test["iteration"] == 3 and set(test) == {f"test/{key}" for key in EVALUATION_KEYS} | {"iteration"}
+    assert val["validation_loss"] > 0
 
 
 def test_final_model_is_a_plain_state_dict_of_the_network(run):

@@ -21,8 +21,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from segmentation.data.coco import Category, CocoSplit, ImageRecord, load_coco_json, read_categories
+from segmentation.data.coco import Category, CocoFormatError, CocoSplit, ImageRecord, load_coco_json, read_categories
 from segmentation.data.mapper import map_for_inference, map_for_training
+from segmentation.errors import ConfigError
 
 
 def filter_images_without_annotations(images: Sequence[ImageRecord]) -> list[ImageRecord]:
@@ -45,18 +46,21 @@ class CocoInstanceDataset(Dataset):
         training: bool,
         min_size: int,
         max_size: int,
+        with_targets: bool = False,
     ) -> None:
         """Args:
         images: the records to serve, in index order.
-        categories: the split's categories (json id -> label), used in training mode.
+        categories: the split's categories (json id -> label), used for training targets.
         training: build training targets (``map_for_training``) instead of inference info.
         min_size, max_size: detectron2's ResizeShortestEdge sizes.
+        with_targets: in inference mode, also put the training target in ``info["target"]`` (validation loss).
         """
         self.images = list(images)
         self.categories = list(categories)
         self.training = training
         self.min_size = min_size
         self.max_size = max_size
+        self.with_targets = with_targets
 
     def __len__(self) -> int:
         return len(self.images)
@@ -65,7 +69,7 @@ class CocoInstanceDataset(Dataset):
         record = self.images[index]
         if self.training:
             return map_for_training(record, self.min_size, self.max_size, self.categories)
-        return map_for_inference(record, self.min_size, self.max_size)
+        return map_for_inference(record, self.min_size, self.max_size, self.categories if self.with_targets else None)
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
@@ -221,7 +225,7 @@ class CocoDataModule(pl.LightningDataModule):
             ("test", test_json, test_images),
         ):
             if (json_path is None) != (images is None):
-                raise ValueError(f"give both {name}_json and {name}_images, or neither")
+                raise ConfigError(f"give both --data.{name}_json and --data.{name}_images, or neither")
         self.train_json, self.train_images = train_json, train_images
         self.val_json, self.val_images = val_json, val_images
         self.test_json, self.test_images = test_json, test_images
@@ -243,7 +247,7 @@ class CocoDataModule(pl.LightningDataModule):
         if self._categories is None:
             first = next((j for j in (self.train_json, self.val_json, self.test_json) if j is not None), None)
             if first is None:
-                raise ValueError("CocoDataModule has no json; give train_json, val_json or test_json")
+                raise ConfigError("no dataset: give --data.train_json, --data.val_json or --data.test_json")
             self._categories = read_categories(first)
         return self._categories
 
@@ -256,10 +260,10 @@ class CocoDataModule(pl.LightningDataModule):
         if name not in self._splits:
             json_path, images = getattr(self, f"{name}_json"), getattr(self, f"{name}_images")
             if json_path is None:
-                raise ValueError(f"no {name} split: give --data.{name}_json and --data.{name}_images")
+                raise ConfigError(f"no {name} split: give --data.{name}_json and --data.{name}_images")
             split = load_coco_json(json_path, images, allow_outside_root=self.allow_outside_root)
             if split.categories != self.categories:
-                raise ValueError(
+                raise CocoFormatError(
                     f"{json_path}: categories {[(c.id, c.name) for c in split.categories]} differ from "
                     f"{[(c.id, c.name) for c in self.categories]} of the first json; labels would not match"
                 )
@@ -325,7 +329,12 @@ class CocoDataModule(pl.LightningDataModule):
 
     def _inference_loader(self, split: CocoSplit) -> DataLoader:
         dataset = CocoInstanceDataset(
-            split.images, split.categories, training=False, min_size=self.min_size_test, max_size=self.max_size_test
+            split.images,
+            split.categories,
+            training=False,
+            min_size=self.min_size_test,
+            max_size=self.max_size_test,
+            with_targets=True,
         )
         rank, world_size = self._rank_world()
         sampler = InferenceSampler(len(dataset), rank=rank, world_size=world_size)

@@ -19,6 +19,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from segmentation.data.coco import Category, ImageRecord, decode_mask
+from segmentation.errors import UserError
 
 _EXIF_ORIENTATION = 0x0112
 _EXIF_TRANSPOSE = {
@@ -33,7 +34,7 @@ _EXIF_TRANSPOSE = {
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-class SizeMismatchError(ValueError):
+class SizeMismatchError(UserError, ValueError):
     """The decoded image (after EXIF orientation) does not have the size its json record declares."""
 
 
@@ -116,8 +117,16 @@ def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-def map_for_inference(record: ImageRecord, min_size: int, max_size: int) -> tuple[torch.Tensor, dict[str, Any]]:
+def map_for_inference(
+    record: ImageRecord, min_size: int, max_size: int, categories: Sequence[Category] | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """detectron2's test-time mapper: the resized uint8 ``(3, H, W)`` BGR image and the original-size info.
+
+    Args:
+        record: the image record.
+        min_size, max_size: ResizeShortestEdge sizes.
+        categories: when given, ``info["target"]`` also holds the training target of the same resized image, so an
+            evaluation can report the validation loss next to AP without decoding the image twice.
 
     Returns:
         ``(image, info)`` with ``info = {"image_id", "height", "width", "file_name"}``; height/width are the json's
@@ -125,6 +134,8 @@ def map_for_inference(record: ImageRecord, min_size: int, max_size: int) -> tupl
     """
     image = _load_resized(record, min_size, max_size)
     info = {"image_id": record.image_id, "height": record.height, "width": record.width, "file_name": record.file_name}
+    if categories is not None:
+        info["target"] = _training_target(record, image.shape[0], image.shape[1], categories)
     return _to_chw_tensor(image), info
 
 
@@ -148,7 +159,10 @@ def map_for_training(
         pixels, ``labels`` int64 ``(N,)``, ``masks`` uint8 ``(N, H, W)``, ``image_id`` int. ``N`` may be 0.
     """
     image = _load_resized(record, min_size, max_size)
-    new_h, new_w = image.shape[:2]
+    return _to_chw_tensor(image), _training_target(record, image.shape[0], image.shape[1], categories)
+
+
+def _training_target(record: ImageRecord, new_h: int, new_w: int, categories: Sequence[Category]) -> dict[str, Any]:
     label_of = {c.id: c.label for c in categories}
 
     boxes: list[np.ndarray] = []
@@ -167,13 +181,12 @@ def map_for_training(
     widths = box_array[:, 2] - box_array[:, 0]
     heights = box_array[:, 3] - box_array[:, 1]
     keep = (widths > 1e-5) & (heights > 1e-5) & mask_array.flatten(1).any(dim=1)
-    target = {
+    return {
         "boxes": box_array[keep],
         "labels": label_array[keep],
         "masks": mask_array[keep].to(torch.uint8),
         "image_id": record.image_id,
     }
-    return _to_chw_tensor(image), target
 
 
 def _transform_box(bbox: Sequence[float], h: int, w: int, new_h: int, new_w: int) -> np.ndarray:

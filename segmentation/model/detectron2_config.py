@@ -17,12 +17,13 @@ from typing import Any, get_args
 
 import yaml
 
+from segmentation.errors import UserError
 from segmentation.model.config import MaskRCNNConfig, Norm
 
 _MISSING = object()
 
 
-class UnsupportedConfigError(ValueError):
+class UnsupportedConfigError(UserError, ValueError):
     """A detectron2 config that asks for something this project does not implement; lists every such key."""
 
 

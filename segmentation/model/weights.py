@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from segmentation.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 DETECTRON2_SCHEME = "detectron2://"
@@ -54,7 +56,7 @@ PREDICTOR_KEYS = frozenset(
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A weights file that cannot be read, or whose contents do not match the model."""
 
 

@@ -79,7 +79,8 @@ class MetricsJsonWriter(pl.Callback):
         # One host transfer for all windows; rows are padded with NaN where a window is still short.
         rows = torch.full((len(names), self.window), float("nan"), dtype=torch.float64)
         for i, name in enumerate(names):
-            values = torch.stack(list(self._scalars[name])).double().cpu()
+            window = self._scalars[name]
+            values = torch.stack([v.to(device=window[-1].device, dtype=torch.float64) for v in window]).cpu()
             rows[i, : len(values)] = values
         medians = np.nanmedian(rows.numpy(), axis=1)
         line: dict[str, float] = {name: float(m) for name, m in zip(names, medians, strict=True)}
@@ -90,7 +91,23 @@ class MetricsJsonWriter(pl.Callback):
             line["time"] = float(np.median(list(self._times)[-self.window :]))
             line["eta_seconds"] = float(np.median(self._times)) * max(trainer.max_steps - iteration - 1, 0)
         line["lr"] = self._lr
+        if str(trainer.precision) in ("16-mixed", "16"):
+            line["grad_scaler/skipped_steps"] = skipped_optimizer_steps(trainer)
         self._emit(trainer, iteration, line)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The median windows, saved in checkpoints so that the lines after a resume equal an uninterrupted run's."""
+        return {
+            "scalars": {name: [float(v) for v in values] for name, values in self._scalars.items()},
+            "times": list(self._times),
+            "data_times": list(self._data_times),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for name, values in state_dict["scalars"].items():
+            self._scalars[name].extend(torch.tensor(v, dtype=torch.float64) for v in values)
+        self._times.extend(state_dict["times"])
+        self._data_times.extend(state_dict["data_times"])
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Append the evaluation line (``bbox/AP`` ...) at the current global step, as detectron2's EvalHook does."""
@@ -113,3 +130,12 @@ class MetricsJsonWriter(pl.Callback):
 def _written_at_step(line: dict[str, Any]) -> int:
     """The global step after which a line was written: training lines name the 0-based iteration just finished."""
     return line["iteration"] + 1 if "lr" in line else line["iteration"]
+
+
+def skipped_optimizer_steps(trainer: pl.Trainer) -> int:
+    """Steps the fp16 grad scaler skipped: Adam counts only the updates it made (a CPU tensor, no device sync)."""
+    optimizer = trainer.optimizers[0]
+    state = next(
+        (optimizer.state[p] for group in optimizer.param_groups for p in group["params"] if p in optimizer.state), None
+    )
+    return trainer.global_step - int(state["step"]) if state is not None else 0

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
+from segmentation.errors import ConfigError
 from segmentation.evaluation.coco_evaluator import TASKS, CocoEvaluation, CocoEvaluator
 from segmentation.evaluation.results import write_json_atomic
 from segmentation.evaluation.tables import copypaste_lines, format_task_report
@@ -72,7 +73,9 @@ class MaskRCNNModule(pl.LightningModule):
         self.last_evaluation: dict[str, float] = {}
         self.last_evaluation_step = -1
         self._evaluators: dict[str, CocoEvaluator] = {}
+        self._loss_sums: dict[str, torch.Tensor] = {}  # per split: [sum of batch losses, number of batches]
         self._weights_loaded = weights is None
+        self._rng_to_restore: dict[str, Any] | None = None
         self.results_dir: Path | None = None  # where evaluation writes predictions.json and eval.json, if set
 
     # ---- setup ---------------------------------------------------------------------------------------------
@@ -86,7 +89,7 @@ class MaskRCNNModule(pl.LightningModule):
         datamodule = self.trainer.datamodule
         categories = datamodule.categories
         if len(categories) != self.arch.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"model.arch.num_classes is {self.arch.num_classes} but the dataset json has {len(categories)} "
                 f"categories ({', '.join(c.name for c in categories)}); set --model.arch.num_classes {len(categories)}"
             )
@@ -106,10 +109,19 @@ class MaskRCNNModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["category_names"] = list(self.category_names)
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.category_names = list(checkpoint.get("category_names", []))
         self._weights_loaded = True
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Restore the sampling RNG of a resumed run here, once the data loader has been (re)built: building it
+        draws from the global RNG, and that draw happened before the checkpoint in the original run."""
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     # ---- training ------------------------------------------------------------------------------------------
 
@@ -117,6 +129,14 @@ class MaskRCNNModule(pl.LightningModule):
         images, targets = batch
         outputs = self.model(images, targets)
         total_loss = sum(value for name, value in outputs.items() if name.startswith("loss_"))
+        # fp16 overflows are the grad scaler's business (it skips the step); elsewhere a non-finite loss is fatal,
+        # as detectron2's FloatingPointError. This is the step's one host sync, as in detectron2.
+        if str(self.trainer.precision) not in ("16-mixed", "16") and not torch.isfinite(total_loss):
+            losses = {name: float(value) for name, value in outputs.items() if name.startswith("loss_")}
+            raise FloatingPointError(
+                f"Loss became infinite or NaN at iteration={self.global_step}, "
+                f"images {[target['image_id'] for target in targets]}: {losses}"
+            )
         scalars = {name: value.detach() for name, value in outputs.items()}
         scalars["total_loss"] = total_loss.detach()
         self.log("total_loss", scalars["total_loss"], prog_bar=True, logger=False)
@@ -158,8 +178,28 @@ class MaskRCNNModule(pl.LightningModule):
         self._evaluate_batch("test", batch)
 
     def _evaluate_batch(self, split: str, batch: tuple[list[torch.Tensor], list[dict]]) -> None:
-        for info, detections in zip(batch[1], self.predict_step(batch), strict=True):
+        images, infos = batch
+        for info, detections in zip(infos, self.predict_step(batch), strict=True):
             self._evaluators[split].update(info["image_id"], detections)
+        if "target" in infos[0]:
+            loss = self._loss_without_side_effects(images, [info["target"] for info in infos])
+            self._loss_sums[split] = self._loss_sums.get(split, 0) + torch.stack([loss, torch.ones_like(loss)])
+
+    def _loss_without_side_effects(self, images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
+        """The training loss of a batch (detectron2 users add a ValLossHook for it), leaving training untouched.
+
+        The heads need train mode to compute losses; normalisation layers stay in eval mode (no running-statistics
+        update) and the RNG used by the samplers is forked, so evaluating never changes the training that follows.
+        """
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), torch.autocast(self.device.type, enabled=False):
+            self.model.train()
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+                    module.eval()
+            outputs = self.model([image.float() for image in images], targets)
+            self.model.eval()
+        return sum(value for name, value in outputs.items() if name.startswith("loss_")).float()
 
     def on_validation_epoch_end(self) -> None:
         self._finish_evaluation("val", prefix="")
@@ -189,6 +229,14 @@ class MaskRCNNModule(pl.LightningModule):
         self.last_evaluation = {
             f"{prefix}{task}/{name}": value for task in TASKS for name, value in results[task].items()
         }
+        self.last_evaluation.update(
+            {f"{prefix}operating_point/{name}": value for name, value in evaluation.operating_point.items()}
+        )
+        # A rank whose shard was empty still joins the reduction (collective).
+        local = self._loss_sums.pop(split, torch.zeros(2, device=self.device))
+        loss_sum, batches = self.trainer.strategy.reduce(local, reduce_op="sum").tolist()
+        if batches:
+            self.last_evaluation[f"{prefix}validation_loss"] = loss_sum / batches
         # Every rank holds the same gathered numbers, so no reduction is needed.
         self.log_dict(self.last_evaluation, sync_dist=False, rank_zero_only=False)
 
@@ -200,3 +248,17 @@ def evaluation_report(split: str, evaluation: CocoEvaluation) -> str:
     lines += copypaste_lines(evaluation.results())
     lines.append("Operating point: " + ", ".join(f"{k} {v:.4f}" for k, v in evaluation.operating_point.items()))
     return "\n".join(lines)
+
+
+def rng_states() -> dict[str, Any]:
+    """The torch RNG states the samplers draw from (CPU and every CUDA device), as plain tensors."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -109,7 +109,7 @@ def test_datamodule_serves_grouped_training_batches_and_unpadded_val_shards(phan
     assert len(val) == len(dm.val_split.images) == 8
     assert {tuple(images[0].shape[1:]) for images, _ in val} == {(64, 64), (48, 64)}  # one 64x48 val volume
     _, infos = next(iter(val))
-    assert set(infos[0]) == {"image_id", "height", "width", "file_name"}
+    assert set(infos[0]) == {"image_id", "height", "width", "file_name", "target"}  # target: validation loss
 
     dm.trainer = SimpleNamespace(global_rank=1, world_size=3)
     assert list(dm.val_dataloader().sampler) == [3, 4, 5]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as mask_util
 
 from segmentation.data.coco import Category, ImageRecord, load_coco_json
 from segmentation.data.mapper import (
@@ -159,6 +160,23 @@ def test_inference_info_keeps_the_original_size(tmp_path: Path):
     image, info = map_for_inference(_record(tmp_path / "img.png", 310, 400, [], image_id=5), 512, 512)
     assert image.shape == (3, 397, 512)
     assert info == {"image_id": 5, "height": 310, "width": 400, "file_name": str(tmp_path / "img.png")}
+
+
+def test_inference_sample_can_carry_the_training_target_of_the_same_image(tmp_path: Path):
+    Image.fromarray(np.full((40, 60), 200, dtype=np.uint8)).save(tmp_path / "img.png")
+    mask = np.zeros((40, 60), dtype=np.uint8)
+    mask[5:25, 10:40] = 1
+    rle = mask_util.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode()
+    record = _record(tmp_path / "img.png", 40, 60, [_ann(1, 7, [10.0, 5.0, 30.0, 20.0], rle)])
+    categories = [Category(id=7, name="Lung", label=1)]
+
+    image, info = map_for_inference(record, 80, 120, categories)
+    train_image, target = map_for_training(record, 80, 120, categories)
+
+    assert torch.equal(image, train_image)
+    assert set(info["target"]) == set(target)
+    assert all(torch.equal(info["target"][k], target[k]) for k in ("boxes", "labels", "masks"))
 
 
 @pytest.mark.parity

@@ -1,0 +1,225 @@
+"""``python -m segmentation.export``: the Mask R-CNN as an ONNX graph (boxes, labels, scores, masks), checked.
+
+Deployment targets (onnxruntime, TensorRT, a hospital's inference server) do not run PyTorch. The exported graph
+takes one float32 ``(3, S, S)`` BGR 0-255 image (already resized to ``S x S``, default 512, the recipe's size) and
+returns ``boxes`` float32 ``(N, 4)`` xyxy, ``labels`` int64 ``(N,)`` (1..K), ``scores`` float32 ``(N,)`` and
+``masks`` uint8 ``(N, S, S)`` (0/1, pasted as detectron2 pastes them); ``N`` varies from image to image.
+
+It is exported with the TorchScript tracer (``torch.onnx.export(dynamo=False)``, opset 17). Tracing records Python
+values as constants, and three places of the model use Python numbers that depend on the image (the number of
+proposals and detections per image, the number of paste chunks); while tracing, :func:`traceable` replaces them by
+single-image tensor arithmetic that computes the same values. Nothing else changes, so the graph's numbers are the
+model's: :func:`compare_with_onnxruntime` runs both on the same images (``--images``: the first traces).
+
+    python -m segmentation.export --config C --model.weights W --output model.onnx --images IMG [IMG ...] [--size 512]
+
+Needs ``onnx`` and ``onnxruntime`` (the ``onnx`` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import LightningArgumentParser
+from torch import Tensor
+
+from segmentation.cli import SegmentationCLI
+from segmentation.data.mapper import read_image_bgr
+from segmentation.model import poolers, postprocess
+from segmentation.model.mask_rcnn import MaskRCNN
+from segmentation.model.weights import load_weights
+
+OPSET = 17
+OUTPUT_NAMES = ["boxes", "labels", "scores", "masks"]
+
+
+class ExportableMaskRCNN(torch.nn.Module):
+    """One fixed-size image in, ``(boxes, labels, scores, masks)`` out: the graph's signature."""
+
+    def __init__(self, model: MaskRCNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        (out,) = self.model([image])
+        return out["boxes"], out["labels"], out["scores"], out["masks"].to(torch.uint8)
+
+
+def _single_image_rois(boxes: Sequence[Tensor]) -> Tensor:
+    (only,) = boxes
+    return torch.cat([torch.zeros_like(only[:, :1]), only], dim=1)
+
+
+def _single_image_inference(
+    self: torch.nn.Module, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+) -> list[dict[str, Tensor]]:
+    """``D2RoIHeads.inference`` for one image, without splitting by Python counts."""
+    class_logits, box_deltas = self._box_outputs(features, proposals, image_shapes)
+    boxes = self.box_coder.decode_single(box_deltas.float(), proposals[0].float())
+    result = self._detections_of_image(boxes, F.softmax(class_logits.float(), dim=-1), image_shapes[0])
+    mask_logits = self._mask_logits(features, [result["boxes"]], image_shapes)
+    index = result["labels"][:, None, None, None].expand(-1, 1, *mask_logits.shape[2:])
+    result["masks"] = mask_logits.gather(1, index).float().sigmoid()
+    return [result]
+
+
+@contextlib.contextmanager
+def traceable(model: MaskRCNN) -> Iterator[None]:
+    """While tracing one image: rois, detections and mask pasting computed without image-dependent Python numbers."""
+    saved_rois, saved_chunk = poolers.rois_with_batch_index, postprocess.PASTE_PIXELS_PER_CHUNK
+    poolers.rois_with_batch_index = _single_image_rois
+    postprocess.PASTE_PIXELS_PER_CHUNK = sys.maxsize  # one paste for all detections
+    model.roi_heads.inference = types.MethodType(_single_image_inference, model.roi_heads)
+    try:
+        yield
+    finally:
+        poolers.rois_with_batch_index, postprocess.PASTE_PIXELS_PER_CHUNK = saved_rois, saved_chunk
+        del model.roi_heads.inference
+
+
+def export_onnx(model: MaskRCNN, output: str | Path, sample: Tensor) -> Path:
+    """Trace ``model`` (eval, fp32, CPU) on ``sample`` and write the ONNX graph to ``output``.
+
+    Args:
+        model: the network with its weights.
+        output: the ``.onnx`` file to write.
+        sample: a float32 ``(3, S, S)`` image on which the model detects something: the tracer records only the
+            operations that run, and the mask paste runs only for a non-empty detection set. ``S`` is the graph's
+            input size.
+
+    Raises:
+        ValueError: the model detects nothing on ``sample``.
+    """
+    model = model.float().eval().cpu()
+    sample = sample.float()
+    with torch.no_grad():
+        (found,) = model([sample])
+    if len(found["boxes"]) == 0:
+        raise ValueError("the model detects nothing on the sample image; trace with an image where it detects")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.register_custom_op_symbolic("aten::__iand_", _in_place_and, OPSET)
+    with traceable(model), torch.no_grad():
+        torch.onnx.export(
+            ExportableMaskRCNN(model).eval(),  # a train-mode wrapper would be restored to train mode, model too
+            (sample,),
+            str(output),
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=["image"],
+            output_names=OUTPUT_NAMES,
+            dynamic_axes={name: {0: "detections"} for name in OUTPUT_NAMES},
+        )
+    return output
+
+
+def _in_place_and(g: torch.Graph, a: torch.Value, b: torch.Value) -> torch.Value:
+    """ONNX for ``a &= b`` on bool masks (the RPN's box filter); the tracer has already made it functional."""
+    return g.op("And", a, b)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """PyTorch vs onnxruntime on one image: detection counts, label equality and the worst differences."""
+
+    torch_count: int
+    onnx_count: int
+    labels_equal: bool
+    max_box_diff: float
+    max_score_diff: float
+    min_mask_iou: float
+
+    @property
+    def same(self) -> bool:
+        """Same detections (count, labels, boxes within 1e-2 px, scores 1e-4) and every mask IoU >= 0.98."""
+        return (
+            self.torch_count == self.onnx_count
+            and self.labels_equal
+            and self.max_box_diff <= 1e-2
+            and self.max_score_diff <= 1e-4
+            and self.min_mask_iou >= 0.98
+        )
+
+
+def compare_with_onnxruntime(model: MaskRCNN, onnx_path: str | Path, images: Sequence[Tensor]) -> list[Comparison]:
+    """Run the PyTorch model and the ONNX graph (onnxruntime, CPU) on the same ``(3, S, S)`` images."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    module = ExportableMaskRCNN(model.float().eval().cpu())
+    comparisons = []
+    for image in images:
+        with torch.no_grad():
+            expected = [t.numpy() for t in module(image.float())]
+        got = session.run(OUTPUT_NAMES, {"image": image.float().numpy()})
+        n, m = len(expected[0]), len(got[0])
+        same_n = n == m
+        ious = [_iou(a, b) for a, b in zip(expected[3], got[3], strict=True)] if same_n else [0.0]
+        comparisons.append(
+            Comparison(
+                torch_count=n,
+                onnx_count=m,
+                labels_equal=same_n and bool(np.array_equal(expected[1], got[1])),
+                max_box_diff=float(np.abs(expected[0] - got[0]).max(initial=0.0)) if same_n else float("inf"),
+                max_score_diff=float(np.abs(expected[2] - got[2]).max(initial=0.0)) if same_n else float("inf"),
+                min_mask_iou=min(ious, default=1.0),
+            )
+        )
+    return comparisons
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def load_square_image(path: str | Path, size: int) -> Tensor:
+    """An image file as the graph's input: BGR, resized to ``size x size`` (PIL bilinear), float32 ``(3, S, S)``."""
+    from PIL import Image
+
+    image = read_image_bgr(str(path))
+    if image.shape[:2] != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+
+
+class ExportCLI(SegmentationCLI):
+    """``SegmentationCLI`` plus the export options."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--output", type=str, required=True, help="The .onnx file to write.")
+        parser.add_argument("--size", type=int, default=512, help="The graph's fixed input side.")
+        parser.add_argument(
+            "--images", type=str, nargs="+", required=True, help="Trace on the first; compare PyTorch and ONNX on all."
+        )
+
+
+def main(args: list[str] | None = None) -> None:
+    cli = ExportCLI(args=args, description=__doc__)
+    config = cli.config
+    weights = cli.model.hparams.weights
+    if weights is None:
+        raise SystemExit("segmentation.export: --model.weights is required (the config has none)")
+    model = cli.model.model
+    load_weights(model, weights)
+    images = [load_square_image(p, config.size) for p in config.images]
+    path = export_onnx(model, config.output, images[0])
+    print(f"Wrote {path}", flush=True)
+    comparisons = compare_with_onnxruntime(model, path, images)
+    for name, c in zip(config.images, comparisons, strict=True):
+        print(f"{name}: {c}", flush=True)
+    if not all(c.same for c in comparisons):
+        raise SystemExit("segmentation.export: the ONNX graph's detections differ from PyTorch's (see above)")
+
+
+if __name__ == "__main__":
+    main()

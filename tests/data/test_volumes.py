@@ -1,0 +1,82 @@
+"""CT volume reading, windowing and mask-volume writing (SimpleITK)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from segmentation.data import volumes
+
+sitk = pytest.importorskip("SimpleITK")
+
+
+def make_volume(values: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((0.7, 0.8, 2.5))
+    image.SetOrigin((-10.0, 5.0, 100.0))
+    image.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0))
+    return image
+
+
+def test_lung_window_maps_its_ends_to_0_and_255_and_clips_outside() -> None:
+    hu = np.array([-2000, -1350, -600, 150, 3000], dtype=np.int16)
+    assert volumes.window_to_uint8(hu).tolist() == [0, 0, 128, 255, 255]
+    assert volumes.window_to_uint8(np.array([0.0, 50.0, 100.0]), center=50, width=100).tolist() == [0, 128, 255]
+
+
+def test_window_width_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="width"):
+        volumes.window_to_uint8(np.zeros(3), width=0)
+
+
+@pytest.mark.parametrize("suffix", [".mhd", ".nii.gz", ".nii", ".mha"])
+def test_volume_files_round_trip_voxels_and_geometry(tmp_path, suffix: str) -> None:
+    values = np.random.default_rng(0).integers(-1024, 1500, size=(4, 6, 5)).astype(np.int16)
+    path = tmp_path / f"scan{suffix}"
+    sitk.WriteImage(make_volume(values), str(path))
+    image = volumes.read_volume(path)
+    assert np.array_equal(volumes.volume_array(image), values)
+    labels = (values > 0).astype(np.uint8)
+    out = volumes.write_label_volume(labels, image, volumes.mask_volume_path(tmp_path / "masks", path))
+    assert out.name == f"scan{suffix}"
+    written = sitk.ReadImage(str(out))
+    assert np.array_equal(sitk.GetArrayFromImage(written), labels)
+    assert written.GetPixelID() == sitk.sitkUInt8
+    assert written.GetSpacing() == pytest.approx(image.GetSpacing())
+    assert written.GetOrigin() == pytest.approx(image.GetOrigin())
+    assert written.GetDirection() == pytest.approx(image.GetDirection(), abs=1e-6)
+
+
+def test_names_and_mask_paths() -> None:
+    assert volumes.volume_name("/a/scan.nii.gz") == "scan"
+    assert volumes.volume_name("/a/CT_0001") == "CT_0001"
+    assert volumes.mask_volume_path("/o", "/a/scan.MHD").name == "scan.mhd"
+    assert volumes.mask_volume_path("/o", "/a/dicom_dir").name == "dicom_dir.nii.gz"
+    assert volumes.has_volume_suffix("x.NII.GZ") and not volumes.has_volume_suffix("x.png")
+
+
+def test_label_volume_of_the_wrong_size_is_refused(tmp_path) -> None:
+    image = make_volume(np.zeros((2, 3, 4), dtype=np.int16))
+    with pytest.raises(ValueError, match="does not match"):
+        volumes.write_label_volume(np.zeros((2, 4, 3), dtype=np.uint8), image, tmp_path / "m.nii.gz")
+
+
+def test_a_2d_image_is_not_a_volume(tmp_path) -> None:
+    path = tmp_path / "slice.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 6), dtype=np.int16)), str(path))
+    with pytest.raises(ValueError, match="3-D scalar volume"):
+        volumes.read_volume(path)
+
+
+def test_a_folder_without_dicom_is_refused(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("no dicom here")
+    with pytest.raises(ValueError, match="one DICOM series"):
+        volumes.read_volume(tmp_path)
+
+
+def test_missing_simpleitk_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)
+    with pytest.raises(ImportError, match=r"segmentation\[volumes\]"):
+        volumes.read_volume("scan.nii.gz")

@@ -1,0 +1,73 @@
+"""ONNX export: the graph gives the PyTorch model's detections on images other than the one it was traced on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segmentation import export
+from segmentation.model import poolers, postprocess
+from segmentation.model.config import MaskRCNNConfig
+from segmentation.model.mask_rcnn import build_mask_rcnn
+
+pytest.importorskip("onnxruntime")
+
+TINY_ARCH = MaskRCNNConfig(
+    num_classes=2,
+    depth=18,
+    res2_out_channels=64,
+    norm="BN",
+    freeze_at=0,
+    fpn_out_channels=32,
+    box_head_fc_dim=64,
+    mask_head_conv_dim=16,
+    rpn_pre_nms_topk_test=200,
+    rpn_post_nms_topk_test=50,
+    detections_per_image=8,
+)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_mask_rcnn(TINY_ARCH).eval()
+    images = [torch.from_numpy(np.random.default_rng(s).integers(0, 255, (3, 128, 128))).float() for s in range(3)]
+    path = export.export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", images[0])
+    return model, path, images
+
+
+def test_onnx_detections_match_pytorch_on_other_images(exported) -> None:
+    model, path, images = exported
+    comparisons = export.compare_with_onnxruntime(model, path, images)
+    assert all(c.same for c in comparisons), comparisons
+    assert all(c.torch_count > 0 for c in comparisons)
+
+
+def test_an_image_without_detections_gives_empty_outputs(exported) -> None:
+    model, path, _ = exported
+    model.roi_heads.score_thresh = 1.0  # PyTorch side: nothing passes; the graph keeps its traced threshold
+    try:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        boxes, labels, scores, masks = session.run(export.OUTPUT_NAMES, {"image": np.zeros((3, 128, 128), np.float32)})
+        assert boxes.shape[1:] == (4,) and masks.shape[1:] == (128, 128) and masks.dtype == np.uint8
+        assert len(boxes) == len(labels) == len(scores) == len(masks)
+    finally:
+        model.roi_heads.score_thresh = TINY_ARCH.score_thresh_test
+
+
+def test_export_restores_the_model(exported) -> None:
+    model, _, _ = exported
+    assert poolers.rois_with_batch_index.__module__ == "segmentation.model.poolers"
+    assert postprocess.PASTE_PIXELS_PER_CHUNK == 1 << 22
+    assert "inference" not in vars(model.roi_heads)
+    assert not model.training
+
+
+def test_a_sample_without_detections_is_refused(tmp_path) -> None:
+    model = build_mask_rcnn(TINY_ARCH).eval()
+    model.roi_heads.score_thresh = 1.0
+    with pytest.raises(ValueError, match="detects nothing"):
+        export.export_onnx(model, tmp_path / "x.onnx", torch.zeros(3, 64, 64))
