@@ -24,12 +24,15 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 
 from segmentation.data.datamodule import CocoDataModule
+from segmentation.errors import ConfigError
 from segmentation.model.detectron2_config import (
     Detectron2Settings,
     UnsupportedConfigError,
     from_detectron2_config,
     is_detectron2_config,
 )
+from segmentation.model.mask_rcnn import MaskRCNN
+from segmentation.model.weights import load_weights
 from segmentation.training.interruption import SaveOnInterrupt
 from segmentation.training.metrics_json import MetricsJsonWriter
 from segmentation.training.module import MaskRCNNModule
@@ -118,6 +121,15 @@ def usable_precision(precision: Any, accelerator: Any) -> Any:
         rank_zero_warn(f"precision={precision!r} needs a CUDA GPU; running in 32-bit on the CPU instead.")
         return "32-true"
     return precision
+
+
+def trained_model(cli: SegmentationCLI, command: str) -> MaskRCNN:
+    """The network of ``--config`` with ``--model.weights`` loaded, for the commands that need trained weights."""
+    weights = cli.model.hparams.weights
+    if weights is None:
+        raise ConfigError(f"segmentation.{command}: --model.weights is required (the config has none)")
+    load_weights(cli.model.model, weights)
+    return cli.model.model
 
 
 def translate_detectron2_configs(args: list[str]) -> list[str]:

@@ -20,6 +20,10 @@ class ConfigError(UserError, ValueError):
     """Options that cannot work together (e.g. a class count that differs from the dataset's)."""
 
 
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder named on the command line or in a config does not exist."""
+
+
 @contextmanager
 def user_errors_exit() -> Iterator[None]:
     """Turn a :class:`UserError` into ``error: <message>`` on stderr and exit status 2."""

@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import LightningArgumentParser
 from torch import Tensor
 
-from segmentation.cli import SegmentationCLI
+from segmentation.cli import SegmentationCLI, trained_model
 from segmentation.data.mapper import read_image_bgr
+from segmentation.errors import user_errors_exit
 from segmentation.model import poolers, postprocess
 from segmentation.model.mask_rcnn import MaskRCNN
-from segmentation.model.weights import load_weights
 
 OPSET = 17
 OUTPUT_NAMES = ["boxes", "labels", "scores", "masks"]
@@ -204,13 +204,14 @@ class ExportCLI(SegmentationCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    cli = ExportCLI(args=args, description=__doc__)
+    with user_errors_exit():
+        cli = ExportCLI(args=args, description=__doc__)
+        _export_from_cli(cli)
+
+
+def _export_from_cli(cli: ExportCLI) -> None:
     config = cli.config
-    weights = cli.model.hparams.weights
-    if weights is None:
-        raise SystemExit("segmentation.export: --model.weights is required (the config has none)")
-    model = cli.model.model
-    load_weights(model, weights)
+    model = trained_model(cli, "export")
     images = [load_square_image(p, config.size) for p in config.images]
     path = export_onnx(model, config.output, images[0])
     print(f"Wrote {path}", flush=True)

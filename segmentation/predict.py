@@ -38,12 +38,13 @@ from PIL import Image
 from pytorch_lightning.cli import LightningArgumentParser
 from torch import Tensor
 
-from segmentation.cli import SegmentationCLI
+from segmentation.cli import SegmentationCLI, trained_model
 from segmentation.data import volumes
-from segmentation.data.mapper import read_image_bgr, resized_shape
+from segmentation.data.mapper import read_image_bgr, resize_shortest_edge
+from segmentation.errors import ConfigError, MissingFileError, user_errors_exit
 from segmentation.evaluation.results import detections_to_coco_results, write_json_atomic
 from segmentation.model.config import MaskRCNNConfig
-from segmentation.model.weights import load_weights, resolve
+from segmentation.model.weights import resolve
 from segmentation.visualize import draw_overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -79,7 +80,7 @@ def discover_inputs(paths: Sequence[str | Path]) -> list[Source]:
     for given in paths:
         path = Path(given)
         if not path.exists():
-            raise FileNotFoundError(f"input not found: {path}")
+            raise MissingFileError(f"input not found: {path}")
         if path.is_dir():
             images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             sources += [Source("image", p) for p in images] if images else [Source("volume", path)]
@@ -102,12 +103,9 @@ def predict_images(
     device = next(model.parameters()).device
     inputs, sizes = [], []
     for image in images_bgr:
-        h, w = image.shape[:2]
-        new_h, new_w = resized_shape(h, w, min_size, max_size)
-        if (new_h, new_w) != (h, w):
-            image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
-        inputs.append(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(device).float())
-        sizes.append((h, w))
+        resized = resize_shortest_edge(image, min_size, max_size)
+        inputs.append(torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).to(device).float())
+        sizes.append(image.shape[:2])
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
         outputs = model(inputs, output_sizes=sizes)
     return [{name: value.cpu() for name, value in out.items()} for out in outputs]
@@ -266,21 +264,21 @@ def _ext(path: Path) -> str:
 
 def main(args: list[str] | None = None) -> None:
     given = sys.argv[1:] if args is None else args
-    if not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in given):
-        raise SystemExit("segmentation.predict: --output_dir is required")
-    cli = PredictCLI(args=args, description=__doc__)
+    with user_errors_exit():
+        if not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in given):
+            raise ConfigError("segmentation.predict: --output_dir is required")
+        cli = PredictCLI(args=args, description=__doc__)
+        _predict_from_cli(cli)
+
+
+def _predict_from_cli(cli: PredictCLI) -> None:
     config = cli.config
-    weights = cli.model.hparams.weights
-    if weights is None:
-        raise SystemExit("segmentation.predict: --model.weights is required (the config has none)")
-    model = cli.model.model
-    load_weights(model, weights)
-    model.to(device=config.device, dtype=torch.float32).eval()
+    model = trained_model(cli, "predict").to(device=config.device, dtype=torch.float32).eval()
     path = predict(
         model,
         config.input,
         config.output_dir,
-        class_names=class_names(weights, cli.model.arch.num_classes),
+        class_names=class_names(cli.model.hparams.weights, cli.model.arch.num_classes),
         min_size=cli.datamodule.min_size_test,
         max_size=cli.datamodule.max_size_test,
         score_threshold=config.score_threshold,

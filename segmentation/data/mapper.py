@@ -106,11 +106,16 @@ def _resize_uint8(array: np.ndarray, new_h: int, new_w: int, resample: Image.Res
     return np.asarray(Image.fromarray(array).resize((new_w, new_h), resample))
 
 
+def resize_shortest_edge(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
+    """detectron2's ``ResizeShortestEdge`` of a uint8 ``(H, W, 3)`` image: its size rule, PIL bilinear on uint8."""
+    new_h, new_w = resized_shape(image.shape[0], image.shape[1], min_size, max_size)
+    return _resize_uint8(image, new_h, new_w, Image.Resampling.BILINEAR)
+
+
 def _load_resized(record: ImageRecord, min_size: int, max_size: int) -> np.ndarray:
     image = read_image_bgr(record.file_name)
     check_image_size(record, image)
-    new_h, new_w = resized_shape(record.height, record.width, min_size, max_size)
-    return _resize_uint8(image, new_h, new_w, Image.Resampling.BILINEAR)
+    return resize_shortest_edge(image, min_size, max_size)
 
 
 def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:

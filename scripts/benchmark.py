@@ -1,0 +1,528 @@
+"""Training, data-loading and inference speed of our Mask R-CNN next to torchvision's stock Mask R-CNN.
+
+Why: the project promises detectron2's numbers *and* its speed. This script gives the evidence on any machine: for
+one of our configs it times a full training step (forward + backward + Adam, optional AMP) of our model and of
+torchvision's stock ``MaskRCNN`` (same backbone family, same image size, same sampling sizes, same batches) in the
+same process, the training data pipeline (decode + resize + mask decode in the workers of ``CocoDataModule``), fp32
+batch-1 inference, peak GPU memory and peak host RSS. Inputs are phantom slices (``segmentation.data.phantom``)
+mapped by our mapper, so every variant sees the same realistic batches. Weights are random (detectron2's
+initialisation for ours, torchvision's for stock): speed does not depend on them, and no download is needed.
+``--ddp-processes N`` also times our training step under ``DistributedDataParallel`` with N spawned gloo processes
+on CPU, the code path of ``--trainer.strategy ddp``.
+
+Prints a table and, as its last line, one json object.
+
+    python scripts/benchmark.py --config configs/mask_rcnn_X_101_32x8d_FPN_3x.yaml --device cuda \
+        --precision 32 16-mixed bf16-mixed --batch-size 4 --steps 20 --warmup 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN as StockMaskRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops import FrozenBatchNorm2d
+
+from segmentation.data.datamodule import CocoDataModule
+from segmentation.data.phantom import make_phantom
+from segmentation.model.config import MaskRCNNConfig
+from segmentation.model.mask_rcnn import build_mask_rcnn
+
+PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed")
+Batch = tuple[list[Tensor], list[dict[str, Any]]]
+
+
+@dataclass
+class BenchmarkConfig:
+    """What one of our yaml configs says about the model and its data, as the benchmark needs it."""
+
+    arch: MaskRCNNConfig
+    min_size: int
+    max_size: int
+    batch_size: int
+    num_workers: int
+    cudnn_benchmark: bool
+
+
+def read_config(path: str | Path, image_size: int | None = None) -> BenchmarkConfig:
+    """Read ``model.arch``, the training sizes, batch size, workers and ``trainer.benchmark`` from our yaml.
+
+    Args:
+        path: one of our LightningCLI configs (``configs/*.yaml``).
+        image_size: if given, replaces the config's training min/max size (square phantom slices of that side).
+    """
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    data, trainer = raw.get("data", {}), raw.get("trainer", {})
+    arch = MaskRCNNConfig(**raw.get("model", {}).get("arch", {}))
+    return BenchmarkConfig(
+        arch=arch,
+        min_size=image_size or data.get("min_size_train", 512),
+        max_size=image_size or data.get("max_size_train", 512),
+        batch_size=data.get("batch_size", 4),
+        num_workers=data.get("num_workers", 2),
+        cudnn_benchmark=bool(trainer.get("benchmark", False)),
+    )
+
+
+def stock_backbone_name(arch: MaskRCNNConfig) -> str:
+    """The torchvision backbone closest to ``arch`` (ResNet of the same depth, or ResNeXt-50 32x4d / 101 32x8d)."""
+    if arch.num_groups == 1:
+        return f"resnet{arch.depth}"
+    return "resnext50_32x4d" if arch.depth <= 50 else "resnext101_32x8d"
+
+
+def stock_matches(arch: MaskRCNNConfig) -> bool:
+    """Whether the stock model has exactly our layer shapes, so that the speed ratio compares like with like."""
+    name = stock_backbone_name(arch)
+    groups, width = {"resnext50_32x4d": (32, 4), "resnext101_32x8d": (32, 8)}.get(name, (1, 64))
+    depth = 101 if name == "resnext101_32x8d" else 50 if name == "resnext50_32x4d" else arch.depth
+    shapes = (
+        arch.depth,
+        arch.num_groups,
+        arch.width_per_group,
+        arch.stem_out_channels,
+        arch.res2_out_channels,
+        arch.stride_in_1x1,
+        arch.fpn_out_channels,
+        arch.box_head_num_fc,
+        arch.box_head_fc_dim,
+        arch.mask_head_num_conv,
+        arch.mask_head_conv_dim,
+        arch.box_pooler_resolution,
+        arch.mask_pooler_resolution,
+    )
+    res2 = 64 if arch.depth in (18, 34) else 256
+    return shapes == (depth, groups, width, 64, res2, False, 256, 2, 1024, 4, 256, 7, 14)
+
+
+def build_stock(cfg: BenchmarkConfig) -> StockMaskRCNN:
+    """torchvision's ``MaskRCNN`` with the closest backbone, our image sizes and our RPN/ROI sampling sizes.
+
+    Only constructor arguments are set, so the code that runs is torchvision's: it normalises float RGB 0-1 input
+    itself (ImageNet mean/std), resizes (a no-op scale of 1 here) and pads. Sampling sizes and top-k values are
+    the recipe's, so both models do the same amount of head work.
+    """
+    arch = cfg.arch
+    norm_layer = FrozenBatchNorm2d if arch.norm == "FrozenBN" else nn.BatchNorm2d
+    backbone = resnet_fpn_backbone(
+        backbone_name=stock_backbone_name(arch),
+        weights=None,
+        norm_layer=norm_layer,
+        trainable_layers=max(0, min(5, 5 - arch.freeze_at)),
+    )
+    bg_iou, fg_iou = arch.rpn_iou_thresholds
+    return StockMaskRCNN(
+        backbone,
+        num_classes=arch.num_classes + 1,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        rpn_pre_nms_top_n_train=arch.rpn_pre_nms_topk_train,
+        rpn_pre_nms_top_n_test=arch.rpn_pre_nms_topk_test,
+        rpn_post_nms_top_n_train=arch.rpn_post_nms_topk_train,
+        rpn_post_nms_top_n_test=arch.rpn_post_nms_topk_test,
+        rpn_nms_thresh=arch.rpn_nms_thresh,
+        rpn_fg_iou_thresh=fg_iou,
+        rpn_bg_iou_thresh=bg_iou,
+        rpn_batch_size_per_image=arch.rpn_batch_size_per_image,
+        rpn_positive_fraction=arch.rpn_positive_fraction,
+        box_score_thresh=arch.score_thresh_test,
+        box_nms_thresh=arch.nms_thresh_test,
+        box_detections_per_img=arch.detections_per_image,
+        box_fg_iou_thresh=arch.roi_iou_threshold,
+        box_bg_iou_thresh=arch.roi_iou_threshold,
+        box_batch_size_per_image=arch.roi_batch_size_per_image,
+        box_positive_fraction=arch.roi_positive_fraction,
+        bbox_reg_weights=arch.box_reg_weights,
+    )
+
+
+def make_phantom_datamodule(out_dir: Path, cfg: BenchmarkConfig, batch_size: int, workers: int) -> CocoDataModule:
+    """A phantom training split at the config's size, behind our ``CocoDataModule`` (set up for ``fit``)."""
+    paths = make_phantom(out_dir, n_train=2, n_val=0, n_test=0, slices_per_volume=12, size=cfg.max_size)
+    datamodule = CocoDataModule(
+        train_json=str(paths["train_json"]),
+        train_images=str(paths["train_images"]),
+        batch_size=batch_size,
+        num_workers=workers,
+        min_size_train=cfg.min_size,
+        max_size_train=cfg.max_size,
+    )
+    datamodule.setup("fit")
+    return datamodule
+
+
+def training_batches(datamodule: CocoDataModule, batch_size: int, count: int) -> list[Batch]:
+    """``count`` batches of mapped phantom slices that have a lung (so every head does its full work)."""
+    loader = datamodule.train_dataloader()
+    dataset = loader.dataset
+    samples = [dataset[i] for i in range(len(dataset))]
+    samples = [s for s in samples if len(s[1]["boxes"])]
+    batches = []
+    for b in range(count):
+        chosen = [samples[(b * batch_size + k) % len(samples)] for k in range(batch_size)]
+        batches.append(([s[0] for s in chosen], [s[1] for s in chosen]))
+    return batches
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    images, targets = batch
+    moved = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
+    return [image.to(device) for image in images], moved
+
+
+def to_stock_input(batch: Batch) -> Batch:
+    """Our uint8 BGR images -> the float RGB 0-1 images torchvision's models expect; targets unchanged."""
+    images, targets = batch
+    return [image.flip(0).float().div(255.0) for image in images], targets
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a Lightning precision string; ``16-mixed`` on CPU falls back to fp32 (as our CLI)."""
+    if precision == "bf16-mixed":
+        return torch.bfloat16
+    if precision == "16-mixed":
+        if device.type == "cpu":
+            warnings.warn("16-mixed needs CUDA; timing fp32 on CPU instead", stacklevel=2)
+            return None
+        return torch.float16
+    return None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_step_seconds(step: Callable[[int], None], warmup: int, steps: int, device: torch.device) -> float:
+    """Run ``step(i)`` ``warmup + steps`` times; the median wall time of the last ``steps`` calls."""
+    return interleaved_medians({"step": step}, warmup, steps, device)["step"]
+
+
+def interleaved_medians(
+    steps_by_name: dict[str, Callable[[int], None]], warmup: int, steps: int, device: torch.device
+) -> dict[str, float]:
+    """Median wall time per named step function, calling them in turn (A, B, A, B, ...).
+
+    Alternating makes a comparison fair on a shared machine: load from other processes hits both variants alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    for i in range(warmup + steps):
+        for name, step in steps_by_name.items():
+            sync(device)
+            start = time.perf_counter()
+            step(i)
+            sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def train_step_fn(
+    model: nn.Module, batches: Sequence[Batch], precision: str, device: torch.device
+) -> Callable[[int], None]:
+    """One training iteration as our ``training_step`` + Lightning's optimizer step do it (loss_* summed)."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-4)
+    dtype = autocast_dtype(precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step(i: int) -> None:
+        images, targets = batches[i % len(batches)]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = model(images, targets)
+            loss = sum(v for k, v in outputs.items() if k.startswith("loss_"))
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def inference_step_fn(model: nn.Module, images: Sequence[Tensor]) -> Callable[[int], None]:
+    """fp32, batch 1, eval mode, no autograd: one image per call, as ``segmentation.evaluate`` runs."""
+    model.eval()
+
+    def step(i: int) -> None:
+        with torch.inference_mode():
+            model([images[i % len(images)]])
+
+    return step
+
+
+def peak_host_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_gpu_mb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+
+
+def reset_gpu_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def build_seeded(build: Callable[[], nn.Module], device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    return build().to(device)
+
+
+def time_training(
+    builds: dict[str, Callable[[], nn.Module]],
+    batches: dict[str, Sequence[Batch]],
+    precision: str,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+) -> dict[str, dict[str, float]]:
+    """Per named model: training images/s (median step, models interleaved) and peak GPU memory.
+
+    On CUDA the peak memory comes from a separate pass per model (2 steps, that model alone on the GPU), so that
+    one model's weights and optimizer state do not count in the other's peak.
+    """
+    models = {name: build_seeded(build, device) for name, build in builds.items()}
+    fns = {name: train_step_fn(model, batches[name], precision, device) for name, model in models.items()}
+    seconds = interleaved_medians(fns, warmup, steps, device)
+    del models, fns
+    results = {}
+    for name, build in builds.items():
+        peak = 0.0
+        if device.type == "cuda":
+            reset_gpu_peak(device)
+            model = build_seeded(build, device)
+            median_step_seconds(train_step_fn(model, batches[name], precision, device), 0, 2, device)
+            peak = peak_gpu_mb(device)
+            del model
+        n = len(batches[name][0][0])
+        results[name] = {"images_per_s": n / seconds[name], "step_s": seconds[name], "peak_memory_mb": peak}
+    return results
+
+
+def time_inference(
+    builds: dict[str, Callable[[], nn.Module]],
+    images: dict[str, Sequence[Tensor]],
+    device: torch.device,
+    warmup: int,
+    steps: int,
+) -> dict[str, float]:
+    """Per named model: fp32 batch-1 inference images/s (median, models interleaved)."""
+    models = {name: build_seeded(build, device) for name, build in builds.items()}
+    fns = {name: inference_step_fn(model, images[name]) for name, model in models.items()}
+    return {name: 1.0 / s for name, s in interleaved_medians(fns, warmup, steps, device).items()}
+
+
+def time_loader(datamodule: CocoDataModule, batches: int) -> dict[str, float]:
+    """Images/s of the training loader after its first batch (workers started), total and per worker."""
+    loader = datamodule.train_dataloader()
+    iterator: Iterator[Batch] = iter(loader)
+    next(iterator)
+    start = time.perf_counter()
+    images = sum(len(next(iterator)[0]) for _ in range(batches))
+    rate = images / (time.perf_counter() - start)
+    del iterator, loader
+    workers = max(datamodule.num_workers, 1)
+    return {"images_per_s": rate, "images_per_s_per_worker": rate / workers}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(
+    rank: int, world: int, port: int, arch: MaskRCNNConfig, batches: list[Batch], warmup: int, steps: int, out: str
+) -> None:
+    """One gloo rank: our model under DistributedDataParallel, its own stride of the batches, timed on rank 0."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = nn.parallel.DistributedDataParallel(build_mask_rcnn(arch))
+        step = train_step_fn(model, batches[rank::world], "32", torch.device("cpu"))
+        seconds = median_step_seconds(step, warmup, steps, torch.device("cpu"))
+        if rank == 0:
+            Path(out).write_text(json.dumps({"images_per_s": world * len(batches[0][0]) / seconds, "step_s": seconds}))
+    finally:
+        dist.destroy_process_group()
+
+
+def time_ddp(arch: MaskRCNNConfig, batches: list[Batch], processes: int, warmup: int, steps: int) -> dict[str, float]:
+    """Our training step on ``processes`` spawned CPU processes (gloo); images/s over all of them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "ddp.json")
+        args = (processes, _free_port(), arch, batches, warmup, steps, out)
+        mp.spawn(_ddp_worker, args=args, nprocs=processes, join=True)
+        return json.loads(Path(out).read_text())
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores ({platform.machine()}), {torch.get_num_threads()} torch threads, no GPU"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure everything ``args`` asks for and return the result dict (the json line)."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no GPU")
+    if args.ddp_processes > 1 and device.type != "cpu":
+        raise SystemExit("--ddp-processes times gloo processes on CPU; use --device cpu")
+    cfg = read_config(args.config, args.image_size)
+    batch_size = args.batch_size or cfg.batch_size
+    workers = cfg.num_workers if args.workers is None else args.workers
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark if args.cudnn_benchmark is None else args.cudnn_benchmark
+
+    result: dict[str, Any] = {
+        "config": str(args.config),
+        "device": device.type,
+        "machine": machine_description(device),
+        "batch_size": batch_size,
+        "image_size": [cfg.min_size, cfg.max_size],
+        "workers": workers,
+        "stock_backbone": stock_backbone_name(cfg.arch),
+        "stock_matches_architecture": stock_matches(cfg.arch),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        result["card"] = torch.cuda.get_device_name(device)
+        result["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+
+    with tempfile.TemporaryDirectory() as tmp:
+        datamodule = make_phantom_datamodule(Path(tmp), cfg, batch_size, workers)
+        batches = training_batches(datamodule, batch_size, count=4)
+        loader = time_loader(datamodule, args.loader_batches)
+    result["loader_images_per_s"] = loader["images_per_s"]
+    result["loader_images_per_s_per_worker"] = loader["images_per_s_per_worker"]
+
+    builds = {"ours": lambda: build_mask_rcnn(cfg.arch), "stock": lambda: build_stock(cfg)}
+    device_batches = {
+        "ours": [to_device(b, device) for b in batches],
+        "stock": [to_device(to_stock_input(b), device) for b in batches],
+    }
+    per_precision: dict[str, dict[str, float]] = {}
+    for precision in args.precision:
+        r = time_training(builds, device_batches, precision, device, args.warmup, args.steps)
+        per_precision[precision] = {
+            "train_images_per_s": r["ours"]["images_per_s"],
+            "stock_train_images_per_s": r["stock"]["images_per_s"],
+            "ratio": r["ours"]["images_per_s"] / r["stock"]["images_per_s"],
+            "peak_memory_mb": r["ours"]["peak_memory_mb"],
+            "stock_peak_memory_mb": r["stock"]["peak_memory_mb"],
+        }
+    result.update(per_precision[args.precision[0]])
+    result["precision"] = args.precision[0]
+    result["by_precision"] = per_precision
+
+    single_images = {name: [b[0][0] for b in device_batches[name]] for name in builds}
+    inference = time_inference(builds, single_images, device, args.warmup, args.steps)
+    result["inference_images_per_s"] = inference["ours"]
+    result["stock_inference_images_per_s"] = inference["stock"]
+
+    if args.ddp_processes > 1:
+        ddp = time_ddp(cfg.arch, batches, args.ddp_processes, args.warmup, args.steps)
+        result["ddp_processes"] = args.ddp_processes
+        result["ddp_train_images_per_s"] = ddp["images_per_s"]
+    result["peak_host_rss_mb"] = peak_host_rss_mb()
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The human-readable summary printed above the json line."""
+    rows = [("machine", result["machine"]), ("config", result["config"])]
+    rows.append(
+        ("batch / image size / workers", f"{result['batch_size']} / {result['image_size']} / {result['workers']}")
+    )
+    stock = result["stock_backbone"] + ("" if result["stock_matches_architecture"] else " (closest; not our shapes)")
+    rows.append(("stock torchvision backbone", stock))
+    for precision, r in result["by_precision"].items():
+        rows.append((f"train images/s, ours [{precision}]", f"{r['train_images_per_s']:.3f}"))
+        rows.append((f"train images/s, stock [{precision}]", f"{r['stock_train_images_per_s']:.3f}"))
+        rows.append((f"ratio ours/stock [{precision}]", f"{r['ratio']:.3f}"))
+        if result["device"] == "cuda":
+            rows.append(
+                (
+                    f"peak GPU MB ours / stock [{precision}]",
+                    f"{r['peak_memory_mb']:.0f} / {r['stock_peak_memory_mb']:.0f}",
+                )
+            )
+    rows.append(("loader images/s (total)", f"{result['loader_images_per_s']:.2f}"))
+    rows.append(("loader images/s per worker", f"{result['loader_images_per_s_per_worker']:.2f}"))
+    rows.append(
+        (
+            "inference images/s ours / stock (fp32, b1)",
+            f"{result['inference_images_per_s']:.3f} / {result['stock_inference_images_per_s']:.3f}",
+        )
+    )
+    if "ddp_train_images_per_s" in result:
+        rows.append(
+            (f"DDP train images/s ({result['ddp_processes']} gloo procs)", f"{result['ddp_train_images_per_s']:.3f}")
+        )
+    rows.append(("peak host RSS MB", f"{result['peak_host_rss_mb']:.0f}"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="one of our yaml configs (model.arch and data sizes)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["32"], help="one or more; first in json")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: data.batch_size)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: data.num_workers)")
+    parser.add_argument("--loader-batches", type=int, default=20, help="batches timed through the loader")
+    parser.add_argument("--image-size", type=int, default=None, help="phantom side and resize target (default: config)")
+    parser.add_argument("--ddp-processes", type=int, default=1, help="also time DDP with N gloo CPU processes")
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.backends.cudnn.benchmark (default: the config's trainer.benchmark)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    result = run(parse_args(argv))
+    print(format_table(result))
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
