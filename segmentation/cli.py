@@ -67,6 +67,12 @@ class SegmentationCLI(LightningCLI):
         parser.add_argument(
             "--ckpt_path", type=str | None, default=None, help="Resume training from this checkpoint ('last' too)."
         )
+        parser.add_argument(
+            "--check_images",
+            type=bool,
+            default=True,
+            help="Before starting, open every image of the given splits (the jsons are always checked).",
+        )
         parser.add_lightning_class_args(MetricsJsonWriter, "metrics_json")
         parser.add_lightning_class_args(SaveOnInterrupt, "save_on_interrupt")
         parser.link_arguments("output_dir", "save_on_interrupt.dirpath", compute_fn=checkpoint_dir)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from segmentation.cli import SegmentationCLI
+from segmentation.data.check import check_datamodule_splits
 from segmentation.errors import ConfigError, user_errors_exit
 from segmentation.evaluation.coco_evaluator import TASKS, evaluate_results_file
 from segmentation.evaluation.results import write_json_atomic
@@ -33,6 +34,7 @@ def main(args: list[str] | None = None) -> None:
         cli = SegmentationCLI(args=args, description=__doc__)
         if cli.datamodule.val_json is None:
             raise ConfigError("give the split to evaluate with --data.val_json and --data.val_images")
+        check_datamodule_splits(cli.datamodule, check_images=cli.config.check_images)
         cli.model.results_dir = Path(cli.config.output_dir)
         cli.trainer.validate(cli.model, datamodule=cli.datamodule)
 

@@ -16,6 +16,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from segmentation.cli import SegmentationCLI
+from segmentation.data.check import check_datamodule_splits
 from segmentation.errors import user_errors_exit
 from segmentation.training.interruption import interruption_message
 
@@ -24,6 +25,7 @@ def main(args: list[str] | None = None) -> None:
     with user_errors_exit():
         cli = SegmentationCLI(args=args, description=__doc__)
         trainer, module, data = cli.trainer, cli.model, cli.datamodule
+        check_datamodule_splits(data, check_images=cli.config.check_images)  # every problem, before any step
         module.results_dir = Path(cli.config.output_dir) / "inference"
         last = Path(cli.config_init["checkpoint_last"].dirpath) / "last.ckpt"
         try:

@@ -113,3 +113,15 @@ def test_recipe_config_trains_on_cpu_without_downloading_weights(phantom, tmp_pa
     main(["--config", RECIPE, "--model.weights=null", "--trainer.max_steps=2", "--data.batch_size=1",
           "--data.num_workers=0", "--output_dir", str(tmp_path), *data, *sizes])  # fmt: skip
     assert [line["iteration"] for line in metrics_lines(tmp_path)] == [1, 2, 2]
+
+
+def test_bad_data_stops_before_the_first_step_with_a_report_and_no_traceback(phantom, tmp_path, capsys):
+    broken = json.loads(phantom["val_json"].read_text())
+    broken["annotations"][0]["image_id"] = 987654  # an annotation of an image the json does not have
+    (tmp_path / "val.json").write_text(json.dumps(broken))
+    with pytest.raises(SystemExit) as exit_info:
+        main(small_run(phantom, tmp_path / "run", f"--data.val_json={tmp_path / 'val.json'}"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "987654" in err and "val.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "checkpoints").exists()

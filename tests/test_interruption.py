@@ -78,9 +78,7 @@ def assert_same_run(resumed, uninterrupted):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_sigterm_saves_a_checkpoint_and_the_resumed_run_equals_the_uninterrupted_one(
-    phantom, uninterrupted, tmp_path
-):
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_equals_the_uninterrupted_one(phantom, uninterrupted, tmp_path):
     code, output = start_and_stop(fit_command(phantom, tmp_path), tmp_path, signal.SIGTERM)
     assert code != 0 and "resume with --ckpt_path last" in output and "Traceback" not in output
     stopped_at = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["global_step"]

@@ -34,6 +34,9 @@ class MaskRCNNModule(pl.LightningModule):
         weights: initial weights: a local path, URL or ``detectron2://`` name of a detectron2 ``.pkl``/``.pth``,
             one of our checkpoints, or ``null`` for detectron2's random initialisation. Predictor layers whose
             class count differs keep their fresh initialisation (the log lists them).
+        backbone_weights: ImageNet initialisation of the backbone alone, as detectron2's base configs do it
+            (``ImageNetPretrained/FAIR/X-101-32x8d.pkl`` and other Caffe2-named ``.pkl``, or a timm/torchvision
+            ResNet/ResNeXt state dict); FPN and heads keep detectron2's initialisation. Applied before ``weights``.
         lr: Adam learning rate (SOLVER.BASE_LR).
         weight_decay: L2 penalty added to the gradients, as ``torch.optim.Adam`` applies it (SOLVER.WEIGHT_DECAY).
         betas: Adam betas.
@@ -51,6 +54,7 @@ class MaskRCNNModule(pl.LightningModule):
         self,
         arch: MaskRCNNConfig | None = None,
         weights: str | None = None,
+        backbone_weights: str | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -74,7 +78,7 @@ class MaskRCNNModule(pl.LightningModule):
         self.last_evaluation_step = -1
         self._evaluators: dict[str, CocoEvaluator] = {}
         self._loss_sums: dict[str, torch.Tensor] = {}  # per split: [sum of batch losses, number of batches]
-        self._weights_loaded = weights is None
+        self._weights_loaded = weights is None and backbone_weights is None
         self._rng_to_restore: dict[str, Any] | None = None
         self.results_dir: Path | None = None  # where evaluation writes predictions.json and eval.json, if set
 
@@ -82,8 +86,9 @@ class MaskRCNNModule(pl.LightningModule):
 
     def prepare_data(self) -> None:
         """Download the initial weights once per node (rank 0), before every rank loads them in ``setup``."""
-        if self.hparams.weights is not None:
-            resolve(self.hparams.weights)
+        for source in (self.hparams.backbone_weights, self.hparams.weights):
+            if source is not None:
+                resolve(source)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -95,17 +100,24 @@ class MaskRCNNModule(pl.LightningModule):
             )
         self.category_names = [c.name for c in categories]
         if not self._weights_loaded:
-            report = load_weights(self.model, self.hparams.weights)
-            rank_zero_info(f"Loaded {len(report.loaded)} tensors from {self.hparams.weights}")
-            for name in report.skipped:
-                rank_zero_info(f"Not loaded (class count differs, fresh init kept): {name}")
-            self._weights_loaded = True
+            self.load_initial_weights()
         for split in ("val", "test"):
             json_path = getattr(datamodule, f"{split}_json", None)
             if json_path is not None and split not in self._evaluators:
                 self._evaluators[split] = CocoEvaluator(
                     json_path, backend=self.hparams.eval_backend, score_threshold=self.hparams.score_threshold
                 )
+
+    def load_initial_weights(self) -> None:
+        """Load ``backbone_weights`` then ``weights``, logging what was kept at its fresh initialisation."""
+        for source, backbone_only in ((self.hparams.backbone_weights, True), (self.hparams.weights, False)):
+            if source is None:
+                continue
+            report = load_weights(self.model, source, backbone_only=backbone_only)
+            rank_zero_info(f"Loaded {len(report.loaded)} tensors from {source}")
+            for name in report.skipped:
+                rank_zero_info(f"Not loaded (class count differs, fresh init kept): {name}")
+        self._weights_loaded = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["category_names"] = list(self.category_names)

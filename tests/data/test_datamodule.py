@@ -127,5 +127,5 @@ def test_datamodule_state_resumes_the_training_stream(phantom: dict[str, Path]):
 
 
 def test_datamodule_rejects_a_json_without_its_image_folder():
-    with pytest.raises(ValueError, match="val_json and val_images"):
+    with pytest.raises(ValueError, match="--data.val_json and --data.val_images"):
         CocoDataModule(val_json="val.json")
