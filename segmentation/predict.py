@@ -26,6 +26,7 @@ predicted in batches. Outputs (see ``docs/predict.md``):
 
 from __future__ import annotations
 
+import os
 import sys
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 from pytorch_lightning.cli import LightningArgumentParser
 from torch import Tensor
@@ -149,35 +151,54 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 class _Writer:
-    """Collects the json records and writes the per-image files under the output folder."""
+    """Collects the json records of this process and writes the per-image files under the output folder.
+
+    Records are keyed by ``(input index, slice)``; ``finish`` gathers every process's records on rank 0 and numbers
+    the images in input order, so N processes write the same ``predictions.json`` as one.
+    """
 
     def __init__(self, out_dir: Path, names: list[str], threshold: float) -> None:
         self.out_dir = out_dir
         self.names = names
         self.threshold = threshold
-        self.images: list[dict] = []
-        self.results: list[dict] = []
-        self._used: set[str] = set()
+        self.entries: list[tuple[tuple[int, int], dict, list[dict]]] = []
 
-    def unique(self, name: str) -> str:
-        candidate, k = name, 1
-        while candidate in self._used:
-            candidate, k = f"{name}_{k}", k + 1
-        self._used.add(candidate)
-        return candidate
-
-    def add(self, record: dict, detections: dict[str, Tensor]) -> int:
-        image_id = len(self.images) + 1
-        self.images.append({"id": image_id, **record})
-        self.results += detections_to_coco_results(image_id, detections, {k: k for k in range(1, len(self.names) + 1)})
-        return image_id
+    def add(self, key: tuple[int, int], record: dict, detections: dict[str, Tensor]) -> None:
+        labels = {k: k for k in range(1, len(self.names) + 1)}
+        self.entries.append((key, record, detections_to_coco_results(0, detections, labels)))
 
     def finish(self) -> None:
-        write_json_atomic(self.out_dir / "predictions.json", self.results)
+        entries = self.entries
+        if _world_size() > 1:
+            gathered: list[list | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, entries)
+            if dist.get_rank() != 0:
+                return
+            entries = [entry for rank_entries in gathered for entry in rank_entries or []]
+        images, results = [], []
+        for image_id, (_, record, image_results) in enumerate(sorted(entries, key=lambda e: e[0]), start=1):
+            images.append({"id": image_id, **record})
+            results += [{**result, "image_id": image_id} for result in image_results]
+        write_json_atomic(self.out_dir / "predictions.json", results)
         categories = [{"id": k, "name": name} for k, name in enumerate(self.names, start=1)]
-        write_json_atomic(
-            self.out_dir / "images.json", {"images": self.images, "annotations": [], "categories": categories}
-        )
+        write_json_atomic(self.out_dir / "images.json", {"images": images, "annotations": [], "categories": categories})
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """File-name stems for the outputs: duplicates get ``_1``, ``_2``... in input order."""
+    used: set[str] = set()
+    out = []
+    for name in names:
+        candidate, k = name, 1
+        while candidate in used:
+            candidate, k = f"{name}_{k}", k + 1
+        used.add(candidate)
+        out.append(candidate)
+    return out
 
 
 def predict(
@@ -193,6 +214,9 @@ def predict(
     batch_size: int = 4,
 ) -> Path:
     """Predict every input and write the outputs listed in the module docstring into ``out_dir``.
+
+    Under ``torch.distributed`` (``torchrun --nproc_per_node N -m segmentation.predict ...``) each process takes
+    every N-th input and rank 0 writes the json files, identical to a single process's.
 
     Args:
         model: the Mask R-CNN, in eval mode and fp32, on the device to use.
@@ -212,28 +236,31 @@ def predict(
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     writer = _Writer(out_dir, class_names, score_threshold)
     sources = discover_inputs(inputs)
-    images = [s.path for s in sources if s.kind == "image"]
+    names = unique_names([s.path.stem if s.kind == "image" else volumes.volume_name(s.path) for s in sources])
+    rank, world = (dist.get_rank(), dist.get_world_size()) if _world_size() > 1 else (0, 1)
+    mine = [(i, s, n) for i, (s, n) in enumerate(zip(sources, names, strict=True)) if i % world == rank]
+    images = [(i, s.path, n) for i, s, n in mine if s.kind == "image"]
     for batch in _batches(images, batch_size):
-        arrays = [read_image_bgr(str(path)) for path in batch]
-        for path, array, detections in zip(
-            batch, arrays, predict_images(model, arrays, min_size, max_size), strict=True
-        ):
+        arrays = [read_image_bgr(str(path)) for _, path, _ in batch]
+        detections_of_batch = predict_images(model, arrays, min_size, max_size)
+        for (index, path, name), array, detections in zip(batch, arrays, detections_of_batch, strict=True):
             h, w = array.shape[:2]
-            writer.add({"file_name": str(path), "height": h, "width": w}, detections)
-            name = writer.unique(path.stem)
+            writer.add((index, 0), {"file_name": str(path), "height": h, "width": w}, detections)
             Image.fromarray(label_map(detections, score_threshold)).save(out_dir / "masks" / f"{name}.png")
             picture = overlay(np.ascontiguousarray(array[:, :, ::-1]), detections, score_threshold, class_names)
             picture.save(out_dir / "overlays" / f"{name}.png")
-    for source in sources:
+    for index, source, name in mine:
         if source.kind == "volume":
-            _predict_volume(model, source.path, writer, min_size, max_size, window, batch_size)
+            _predict_volume(model, index, source.path, name, writer, min_size, max_size, window, batch_size)
     writer.finish()
     return out_dir / "predictions.json"
 
 
 def _predict_volume(
     model: torch.nn.Module,
+    index: int,
     path: Path,
+    name: str,
     writer: _Writer,
     min_size: int,
     max_size: int,
@@ -243,14 +270,13 @@ def _predict_volume(
     image = volumes.read_volume(path)
     slices = volumes.window_to_uint8(volumes.volume_array(image), *window)
     labels = np.zeros(slices.shape, dtype=np.uint8)
-    name = writer.unique(volumes.volume_name(path))
     overlay_dir = writer.out_dir / "overlays" / name
     overlay_dir.mkdir(parents=True, exist_ok=True)
     depth, h, w = slices.shape
     for batch in _batches(range(depth), batch_size):
         bgr = [np.repeat(slices[z][:, :, None], 3, axis=2) for z in batch]
         for z, detections in zip(batch, predict_images(model, bgr, min_size, max_size), strict=True):
-            writer.add({"file_name": str(path), "height": h, "width": w, "slice": z}, detections)
+            writer.add((index, z), {"file_name": str(path), "height": h, "width": w, "slice": z}, detections)
             labels[z] = label_map(detections, writer.threshold)
             picture = overlay(slices[z], detections, writer.threshold, writer.names)
             picture.save(overlay_dir / f"{z:04d}.png")
@@ -273,7 +299,12 @@ def main(args: list[str] | None = None) -> None:
 
 def _predict_from_cli(cli: PredictCLI) -> None:
     config = cli.config
-    model = trained_model(cli, "predict").to(device=config.device, dtype=torch.float32).eval()
+    device = torch.device(config.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    model = trained_model(cli, "predict").to(device=device, dtype=torch.float32).eval()
     path = predict(
         model,
         config.input,
@@ -285,7 +316,10 @@ def _predict_from_cli(cli: PredictCLI) -> None:
         window=(config.window_center, config.window_width),
         batch_size=config.batch_size,
     )
-    print(f"Wrote {path} and the masks and overlays beside it", flush=True)
+    if _world_size() > 1:
+        dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"Wrote {path} and the masks and overlays beside it", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk  # the volumes extra, part of dev
 import torch
 import yaml
 from PIL import Image
@@ -15,8 +19,6 @@ from pycocotools.coco import COCO
 from segmentation import predict
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
-
-sitk = pytest.importorskip("SimpleITK")
 
 TINY_ARCH = {
     "num_classes": 1,
@@ -188,3 +190,19 @@ def test_missing_inputs_and_weights_are_errors_without_traceback(tmp_path, capsy
         predict.main(["--config", str(config), "--input", str(tmp_path), "--output_dir", str(tmp_path / "o")])
     assert exit_info.value.code == 2
     assert "--model.weights is required" in capsys.readouterr().err
+
+
+def test_two_processes_write_the_single_process_outputs(run, tmp_path) -> None:
+    root, out = run["root"], tmp_path / "ddp"
+    inputs = [root / "single.png", root / "folder", root / "scan.mhd", root / "scan2.nii.gz", root / "dicom"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "segmentation.predict", "--config", str(root / "tiny.yaml"), "--model.weights",
+               str(root / "tiny.pth"), "--output_dir", str(out), "--device", "cpu", "--score_threshold", "0.0",
+               "--batch_size", "2", "--input", *map(str, inputs)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert json.loads((out / "images.json").read_text()) == json.loads((run["out"] / "images.json").read_text())
+    ours = json.loads((out / "predictions.json").read_text())
+    single = json.loads((run["out"] / "predictions.json").read_text())
+    assert [(r["image_id"], r["category_id"]) for r in ours] == [(r["image_id"], r["category_id"]) for r in single]
+    assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(ours, single, strict=True))
+    assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(p.name for p in (run["out"] / "masks").iterdir())

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
+import matplotlib  # noqa: F401  (the plots extra, part of dev: fail, not skip, without it)
 import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_util
 
 from segmentation import plot_metrics, visualize
-
-pytest.importorskip("matplotlib")
 
 
 def test_outline_is_the_mask_border() -> None:

@@ -6,10 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+import SimpleITK as sitk  # the volumes extra, part of dev
 
 from segmentation.data import volumes
-
-sitk = pytest.importorskip("SimpleITK")
 
 
 def make_volume(values: np.ndarray) -> sitk.Image:
