@@ -36,41 +36,6 @@ WB = ("weight", "bias")
 MARK = 7.0  # the value every stand-in model tensor starts with, to see which ones a load left alone
 
 
-def tiny_expected_names() -> set[str]:
-    """Our names for the tiny_lung detector: ResNet-50 blocks (3, 4, 6, 3), FrozenBN, 4 mask convs.
-
-    Its res2 keeps the stem's 64 channels, so detectron2 builds no shortcut for res2.0 (hence 302, not 307).
-    """
-    names = {"backbone.body.conv1.weight", *(f"backbone.body.bn1.{s}" for s in BN)}
-    for layer, blocks in enumerate((3, 4, 6, 3), start=1):
-        for b in range(blocks):
-            p = f"backbone.body.layer{layer}.{b}."
-            for k in (1, 2, 3):
-                names |= {f"{p}conv{k}.weight", *(f"{p}bn{k}.{s}" for s in BN)}
-            if b == 0 and layer > 1:
-                names |= {f"{p}downsample.0.weight", *(f"{p}downsample.1.{s}" for s in BN)}
-    for i in range(4):
-        for s in WB:
-            names |= {
-                f"backbone.fpn.inner_blocks.{i}.0.{s}",
-                f"backbone.fpn.layer_blocks.{i}.0.{s}",
-                f"roi_heads.mask_head.{i}.0.{s}",
-            }
-    for module in (
-        "rpn.head.conv.0.0",
-        "rpn.head.cls_logits",
-        "rpn.head.bbox_pred",
-        "roi_heads.box_head.fc6",
-        "roi_heads.box_head.fc7",
-        "roi_heads.box_predictor.cls_score",
-        "roi_heads.box_predictor.bbox_pred",
-        "roi_heads.mask_predictor.conv5_mask",
-        "roi_heads.mask_predictor.mask_fcn_logits",
-    ):
-        names |= {f"{module}.{s}" for s in WB}
-    return names
-
-
 def stand_in_model(shapes: Mapping[str, tuple[int, ...]]) -> nn.Module:
     """A module whose state dict has exactly ``shapes`` (all tensors = MARK); BN statistics are buffers."""
     root = nn.Module()
@@ -167,12 +132,13 @@ def test_numpy_1x_names_and_protocol_2_bytes_are_accepted(tmp_path: Path) -> Non
 # ------------------------------------------------------------------------------------------------- renaming
 
 
-def test_tiny_pkl_and_pth_map_to_the_same_302_tensors(parity_dir: Path, tiny_mapped: dict) -> None:
+def test_tiny_pkl_and_pth_map_to_the_same_302_tensors(parity_dir: Path, tiny_mapped: dict, mask_rcnn_names) -> None:
     pth, kind = read_checkpoint(parity_dir / "tiny_lung" / "model_final.pth")
     assert kind == "detectron2-pth"
     from_pth = detectron2_to_torchvision(pth)
     assert len(tiny_mapped) == 302
-    assert set(tiny_mapped) == tiny_expected_names()
+    # res2 keeps the stem's 64 channels, so detectron2 builds no shortcut for res2.0 (302 tensors, not 307)
+    assert set(tiny_mapped) == mask_rcnn_names([3, 4, 6, 3], res2_shortcut=False)
     assert set(from_pth) == set(tiny_mapped)
     for key, value in tiny_mapped.items():
         assert torch.equal(value, from_pth[key]), key
