@@ -31,7 +31,6 @@ from segmentation.model.weights import (
     resolve,
 )
 
-BN = ("weight", "bias", "running_mean", "running_var")
 WB = ("weight", "bias")
 MARK = 7.0  # the value every stand-in model tensor starts with, to see which ones a load left alone
 
