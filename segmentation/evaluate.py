@@ -19,9 +19,9 @@ from pathlib import Path
 
 from segmentation.cli import SegmentationCLI
 from segmentation.data.check import check_datamodule_splits
+from segmentation.data.rle import write_json_atomic
 from segmentation.errors import ConfigError, user_errors_exit
 from segmentation.evaluation.coco_evaluator import TASKS, evaluate_results_file
-from segmentation.evaluation.results import write_json_atomic
 from segmentation.training.module import evaluation_report
 
 

@@ -43,8 +43,9 @@ from torch import Tensor
 from segmentation.cli import SegmentationCLI, trained_model
 from segmentation.data import volumes
 from segmentation.data.mapper import read_image_bgr, resize_shortest_edge
+from segmentation.data.rle import write_json_atomic
 from segmentation.errors import ConfigError, MissingFileError, user_errors_exit
-from segmentation.evaluation.results import detections_to_coco_results, write_json_atomic
+from segmentation.evaluation.results import detections_to_coco_results
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.weights import resolve
 from segmentation.visualize import draw_overlay

@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_util
 
+from segmentation.data import rle
+
 JPEG_QUALITY = 90
 
 
@@ -83,25 +85,16 @@ def make_phantom(
     return paths
 
 
-def uncompressed_rle(mask: np.ndarray) -> list[int]:
-    """COCO uncompressed RLE counts of a bool ``(H, W)`` mask: column-major runs, starting with a run of zeros."""
-    flat = mask.T.reshape(-1).astype(np.int8)
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    return [0, *counts] if flat[0] else counts
-
-
 def _annotation(image_id: int, mask: np.ndarray) -> dict:
     height, width = mask.shape
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    encoded = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {
         "id": image_id,
         "image_id": image_id,
         "category_id": 1,
-        "segmentation": {"size": [height, width], "counts": uncompressed_rle(mask)},
-        "area": int(mask_util.area(rle)),
-        "bbox": [float(v) for v in mask_util.toBbox(rle)],
+        "segmentation": {"size": [height, width], "counts": rle.uncompressed_counts(mask)},
+        "area": rle.area(encoded),
+        "bbox": [float(v) for v in mask_util.toBbox(encoded)],
         "iscrowd": 0,
     }
 

@@ -10,7 +10,7 @@ pycocotools, and an area-0 annotation (``counts [h*w]``, bbox ``[0, 0, 0, 0]``) 
 
 Masks are encoded per volume, not per pixel: pycocotools encodes the whole ``(H, W, N)`` stack of instance masks in
 one call (area and bbox come from those RLEs, bbox with pycocotools' own rules), and the uncompressed counts come
-from ``phantom.uncompressed_rle``, a numpy run-length pass over each mask's column-major pixels.
+from ``rle.uncompressed_counts``, a numpy run-length pass over each mask's column-major pixels.
 
 Instances: by default one annotation per slice and category, the union of its pixels; with ``per_component`` one
 per 2-D connected component (8-connected, SimpleITK's ``ConnectedComponentImageFilter``), in SimpleITK's raster
@@ -33,7 +33,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from segmentation.data.phantom import JPEG_QUALITY, uncompressed_rle
+from segmentation.data import rle
+from segmentation.data.phantom import JPEG_QUALITY
 from segmentation.data.volumes import LUNG_WINDOW, read_volume, sitk, volume_array, volume_name, window_to_uint8
 
 AXES = {"z": 0, "y": 1, "x": 2}  # axis of SimpleITK's (z, y, x) array
@@ -99,11 +100,11 @@ def rle_fields(masks: np.ndarray) -> list[dict[str, Any]]:
         return []
     columns = np.ascontiguousarray(masks.transpose(0, 2, 1), dtype=np.uint8)  # (N, W, H): column-major per mask
     rles = mask_util.encode(columns.transpose(2, 1, 0))  # (H, W, N) Fortran-ordered view
-    areas = mask_util.area(rles)
+    areas = rle.area(rles)
     boxes = mask_util.toBbox(rles)
     return [
         {
-            "segmentation": {"size": [height, width], "counts": uncompressed_rle(column_mask.T)},
+            "segmentation": {"size": [height, width], "counts": rle.uncompressed_counts(column_mask.T)},
             "area": int(area),
             "bbox": [float(v) for v in box],
         }

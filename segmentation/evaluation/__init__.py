@@ -1,7 +1,7 @@
 """Exact COCO evaluation (detectron2's numbers through torchmetrics), detectron2's results files and printed tables."""
 
 from segmentation.evaluation.coco_evaluator import CocoEvaluation, CocoEvaluator, evaluate_results_file
-from segmentation.evaluation.results import detections_to_coco_results, write_json_atomic
+from segmentation.evaluation.results import detections_to_coco_results
 from segmentation.evaluation.tables import copypaste_lines, format_results_table, format_task_report
 
 __all__ = [
@@ -12,5 +12,4 @@ __all__ = [
     "evaluate_results_file",
     "format_results_table",
     "format_task_report",
-    "write_json_atomic",
 ]

@@ -42,9 +42,10 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 
+from segmentation.data import rle
 from segmentation.data.coco import contiguous_categories
 from segmentation.evaluation.operating_point import OperatingPointAccumulator
-from segmentation.evaluation.results import coco_results, encode_masks, xyxy_to_xywh
+from segmentation.evaluation.results import coco_results, xyxy_to_xywh
 
 Backend = Literal["faster_coco_eval", "pycocotools"]
 TASKS = ("bbox", "segm")
@@ -167,7 +168,7 @@ class CocoEvaluator:
                 boxes_xywh=xyxy_to_xywh(detections["boxes"]),
                 scores=detections["scores"].detach().to(device="cpu", dtype=torch.float64).numpy(),
                 category_ids=np.array([self.label_to_category_id[label] for label in labels], dtype=np.int64),
-                masks=encode_masks(masks),
+                masks=rle.encode(masks),
             )
         )
         if _MALLOC_TRIM is not None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from segmentation.data import rle
+
 MATCH_IOU = 0.5
 
 
@@ -54,7 +56,7 @@ class OperatingPointAccumulator:
         kept_categories = np.asarray(dt_categories)[keep]
         gt_categories = np.asarray(gt_categories)
         gt_crowd = np.asarray(gt_crowd, dtype=bool)
-        gt_areas = mask_utils.area(gt_rles) if gt_rles else np.zeros(0)
+        gt_areas = rle.area(gt_rles)
 
         for category in np.union1d(kept_categories, gt_categories):
             dets = [kept_rles[i] for i in np.flatnonzero(kept_categories == category)]
@@ -104,12 +106,12 @@ def _foreground_overlap(pred_rles: list[dict], gt_rles: list[dict]) -> tuple[flo
     """Dice and IoU of the union of ``pred_rles`` against the union of ``gt_rles``; 1.0 for both when both are empty."""
     pred = mask_utils.merge(pred_rles, intersect=False) if pred_rles else None
     gt = mask_utils.merge(gt_rles, intersect=False) if gt_rles else None
-    pred_area = float(mask_utils.area(pred)) if pred is not None else 0.0
-    gt_area = float(mask_utils.area(gt)) if gt is not None else 0.0
+    pred_area = float(rle.area(pred)) if pred is not None else 0.0
+    gt_area = float(rle.area(gt)) if gt is not None else 0.0
     if pred_area + gt_area == 0:
         return 1.0, 1.0
     if pred is None or gt is None:
         inter = 0.0
     else:
-        inter = float(mask_utils.area(mask_utils.merge([pred, gt], intersect=True)))
+        inter = float(rle.area(mask_utils.merge([pred, gt], intersect=True)))
     return 2 * inter / (pred_area + gt_area), inter / (pred_area + gt_area - inter)

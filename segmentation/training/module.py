@@ -16,9 +16,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
+from segmentation.data.rle import write_json_atomic
 from segmentation.errors import ConfigError
 from segmentation.evaluation.coco_evaluator import TASKS, CocoEvaluation, CocoEvaluator
-from segmentation.evaluation.results import write_json_atomic
 from segmentation.evaluation.tables import copypaste_lines, format_task_report
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn

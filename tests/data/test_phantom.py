@@ -13,7 +13,8 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from segmentation.data.coco import load_coco_json
-from segmentation.data.phantom import main, make_phantom, uncompressed_rle
+from segmentation.data.phantom import main, make_phantom
+from segmentation.data.rle import uncompressed_counts
 
 SMALL = {"n_train": 1, "n_val": 2, "n_test": 1, "slices_per_volume": 6, "size": 64}
 
@@ -34,8 +35,8 @@ def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path: Path
 def test_uncompressed_rle_is_column_major_and_starts_with_zeros():
     mask = np.zeros((3, 4), dtype=bool)
     mask[0, 0] = mask[1:, 2] = True
-    assert uncompressed_rle(mask) == [0, 1, 6, 2, 3]
-    assert uncompressed_rle(np.zeros((3, 4), dtype=bool)) == [12]
+    assert uncompressed_counts(mask) == [0, 1, 6, 2, 3]
+    assert uncompressed_counts(np.zeros((3, 4), dtype=bool)) == [12]
 
 
 def test_the_json_loads_with_pycocotools_and_has_one_lung_annotation_per_slice(tmp_path: Path):

@@ -25,8 +25,9 @@ import torch.multiprocessing as mp
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from segmentation.data.rle import write_json_atomic
 from segmentation.evaluation.coco_evaluator import CocoEvaluator, evaluate_results_file
-from segmentation.evaluation.results import detections_to_coco_results, write_json_atomic
+from segmentation.evaluation.results import detections_to_coco_results
 
 BACKENDS = ["faster_coco_eval", "pycocotools"]
 # json ids deliberately unsorted and non-contiguous: model label k is the k-th sorted id (3 -> 1, 7 -> 2, 11 -> 3)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from segmentation.evaluation.results import detections_to_coco_results, write_json_atomic
+from segmentation.data.rle import write_json_atomic
+from segmentation.evaluation.results import detections_to_coco_results
 
 
 def _detections() -> dict[str, torch.Tensor]:
