@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import torch
 import torch.distributed as dist
 from pycocotools.coco import COCO
@@ -139,6 +138,7 @@ class CocoEvaluator:
         self.category_names = {c.id: c.name for c in categories}
         self._image_sizes = {int(i): (int(img["height"]), int(img["width"])) for i, img in self._coco.imgs.items()}
         self._records: dict[int, ImageDetections] = {}
+        self._ground_truths: dict[int, GroundTruth] = {}
 
     # ------------------------------------------------------------------ input
 
@@ -272,25 +272,19 @@ class CocoEvaluator:
         operating_point = OperatingPointAccumulator(score_threshold=self.score_threshold)
         empty = ImageDetections(0, np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
         for image_id in sorted(self._image_sizes):
-            height, width = self._image_sizes[image_id]
-            target, gt_rles = self._ground_truth(image_id)
+            ground_truth = self._ground_truth(image_id)
             record = records.get(image_id, empty)
-            pred = {
-                "boxes": torch.from_numpy(record.boxes_xywh),
-                "scores": torch.from_numpy(record.scores),
-                "labels": torch.from_numpy(record.category_ids),
-                "masks": _decode(record.masks, height, width),
-            }
-            metric.update([pred], [target])
+            _append_state(metric, record, ground_truth)
             operating_point.add_image(
                 record.masks,
                 record.scores,
                 record.category_ids,
-                gt_rles,
-                target["labels"].numpy(),
-                target["iscrowd"].numpy(),
+                ground_truth.rles,
+                ground_truth.category_ids.numpy(),
+                ground_truth.crowd.numpy(),
             )
 
+        metric.update([], [])  # the state was appended directly; this marks the metric as updated, adding nothing
         if not any(len(r.scores) for r in records.values()):
             # detectron2 does not run COCOeval on empty results and reports NaN for every metric
             stats = {task: [-1.0] * len(STATS_NAMES) for task in TASKS}
@@ -311,20 +305,49 @@ class CocoEvaluator:
                 }
         return CocoEvaluation(stats, per_category, operating_point.summary())
 
-    def _ground_truth(self, image_id: int) -> tuple[dict[str, Tensor], list[dict]]:
-        """The image's ground truth as torchmetrics wants it, and its RLEs (json order, as COCOeval reads them)."""
-        height, width = self._image_sizes[image_id]
-        anns = self._coco.loadAnns(self._coco.getAnnIds(imgIds=[image_id]))
-        anns = [a for a in anns if a["category_id"] in self.category_names]  # COCOeval reads only known categories
-        rles = [self._coco.annToRLE(a) for a in anns]
-        target = {
-            "boxes": torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4),
-            "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
-            "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in anns], dtype=torch.int64),
-            "area": torch.tensor([float(a["area"]) or _ZERO_AREA for a in anns], dtype=torch.float64),
-            "masks": _decode(rles, height, width),
-        }
-        return target, rles
+    def _ground_truth(self, image_id: int) -> GroundTruth:
+        """The image's ground truth, read from the json once per evaluator (json order, as COCOeval reads it)."""
+        if image_id not in self._ground_truths:
+            anns = self._coco.loadAnns(self._coco.getAnnIds(imgIds=[image_id]))
+            anns = [a for a in anns if a["category_id"] in self.category_names]  # COCOeval reads only known categories
+            self._ground_truths[image_id] = GroundTruth(
+                boxes_xywh=torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4),
+                category_ids=torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
+                crowd=torch.tensor([int(a.get("iscrowd", 0)) for a in anns], dtype=torch.int64),
+                area=torch.tensor([float(a["area"]) or _ZERO_AREA for a in anns], dtype=torch.float64),
+                rles=[self._coco.annToRLE(a) for a in anns],
+            )
+        return self._ground_truths[image_id]
+
+
+@dataclass
+class GroundTruth:
+    """One image's ground truth as torchmetrics keeps it, plus its RLEs for the operating-point numbers."""
+
+    boxes_xywh: Tensor  # float64 (M, 4), the json bbox
+    category_ids: Tensor  # int64 (M,)
+    crowd: Tensor  # int64 (M,)
+    area: Tensor  # float64 (M,), the json area (0 replaced by the smallest positive float, see _ZERO_AREA)
+    rles: list[dict]  # compressed RLE at the json image size
+
+
+def _append_state(metric: MeanAveragePrecision, detections: ImageDetections, ground_truth: GroundTruth) -> None:
+    """Add one image to the metric's state in the compact form its ``update`` would have built.
+
+    ``update`` takes dense masks and RLE-encodes them one by one; our records are RLE already, so decoding them to
+    dense masks only for torchmetrics to re-encode them was most of the evaluation time. The state is what
+    ``update`` stores (XYWH boxes, ``((h, w), counts)`` masks, labels, scores, crowd flags, areas), and
+    ``compute`` turns it into the AP as usual.
+    """
+    metric.detection_box.append(torch.from_numpy(detections.boxes_xywh))
+    metric.detection_mask.append(tuple((tuple(m["size"]), m["counts"]) for m in detections.masks))
+    metric.detection_labels.append(torch.from_numpy(detections.category_ids))
+    metric.detection_scores.append(torch.from_numpy(detections.scores))
+    metric.groundtruth_box.append(ground_truth.boxes_xywh)
+    metric.groundtruth_mask.append(tuple((tuple(m["size"]), m["counts"]) for m in ground_truth.rles))
+    metric.groundtruth_labels.append(ground_truth.category_ids)
+    metric.groundtruth_crowds.append(ground_truth.crowd)
+    metric.groundtruth_area.append(ground_truth.area)
 
 
 def _distributed() -> bool:
@@ -351,14 +374,6 @@ def _compressed_rle(segmentation: Mapping[str, Any]) -> dict:
         raise ValueError("result segmentations must be compressed RLE (str counts), as detectron2 writes them")
     size = [int(s) for s in segmentation["size"]]
     return {"size": size, "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
-
-
-def _decode(rles: list[dict], height: int, width: int) -> Tensor:
-    """RLEs -> bool ``(N, H, W)``; a view of pycocotools' ``(H, W, N)`` Fortran array, so each mask stays Fortran
-    ordered and torchmetrics re-encodes it without a copy."""
-    if not rles:
-        return torch.zeros((0, height, width), dtype=torch.bool)
-    return torch.from_numpy(mask_utils.decode(rles)).permute(2, 0, 1).view(torch.bool)
 
 
 def _summarize(precision: np.ndarray, recall: np.ndarray) -> list[float]:
