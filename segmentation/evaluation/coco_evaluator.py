@@ -43,17 +43,21 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from segmentation.data import rle
 from segmentation.data.coco import contiguous_categories
+from segmentation.evaluation.coco_stats import (
+    IOU_THRESHOLDS,
+    MAX_DETECTIONS,
+    METRICS,
+    REC_THRESHOLDS,
+    STATS,
+    category_ap,
+    percent,
+    summarize,
+)
 from segmentation.evaluation.operating_point import OperatingPointAccumulator
 from segmentation.evaluation.results import coco_results, xyxy_to_xywh
 
 Backend = Literal["faster_coco_eval", "pycocotools"]
 TASKS = ("bbox", "segm")
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-STATS_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-IOU_THRESHOLDS = np.linspace(0.5, 0.95, round((0.95 - 0.5) / 0.05) + 1).tolist()
-REC_THRESHOLDS = np.linspace(0.0, 1.00, round((1.00 - 0.0) / 0.01) + 1).tolist()
-MAX_DETECTIONS = [1, 10, 100]
-AREA_RANGES = ("all", "small", "medium", "large")
 # torchmetrics replaces an area <= 0 by the mask area; this smallest positive float is in the same COCO area ranges as 0
 _ZERO_AREA = math.ulp(0.0)
 
@@ -108,7 +112,7 @@ class CocoEvaluation:
         """
         out: dict[str, dict[str, float]] = {}
         for task, stats in self.stats.items():
-            out[task] = {name: _percent(stats[i]) for i, name in enumerate(METRICS)}
+            out[task] = {name: percent(stats[i]) for i, name in enumerate(METRICS)}
             out[task].update({f"AP-{name}": ap for name, ap in self.per_category_ap.get(task, {}).items()})
         out["operating_point"] = dict(self.operating_point)
         return out
@@ -287,7 +291,7 @@ class CocoEvaluator:
         metric.update([], [])  # the state was appended directly; this marks the metric as updated, adding nothing
         if not any(len(r.scores) for r in records.values()):
             # detectron2 does not run COCOeval on empty results and reports NaN for every metric
-            stats = {task: [-1.0] * len(STATS_NAMES) for task in TASKS}
+            stats = {task: [-1.0] * len(STATS) for task in TASKS}
             return CocoEvaluation(stats, {}, operating_point.summary())
         with contextlib.redirect_stdout(io.StringIO()):
             output = metric.compute()
@@ -297,10 +301,10 @@ class CocoEvaluator:
         for task in TASKS:
             precision = output[f"{task}_precision"].numpy()
             recall = output[f"{task}_recall"].numpy()
-            stats[task] = _summarize(precision, recall)
+            stats[task] = summarize(precision, recall)
             if len(self.category_names) > 1:
                 per_category[task] = {
-                    name: _category_ap(precision, classes.index(cat) if cat in classes else None)
+                    name: category_ap(precision, classes.index(cat) if cat in classes else None)
                     for cat, name in self.category_names.items()
                 }
         return CocoEvaluation(stats, per_category, operating_point.summary())
@@ -374,45 +378,3 @@ def _compressed_rle(segmentation: Mapping[str, Any]) -> dict:
         raise ValueError("result segmentations must be compressed RLE (str counts), as detectron2 writes them")
     size = [int(s) for s in segmentation["size"]]
     return {"size": size, "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
-
-
-def _summarize(precision: np.ndarray, recall: np.ndarray) -> list[float]:
-    """The 12 ``COCOeval.stats`` from ``eval["precision"]`` (T, R, K, A, M) and ``eval["recall"]`` (T, K, A, M),
-    with the same indexing and ``np.mean`` as ``COCOeval.summarize``, hence the same float64 values."""
-    thresholds = np.array(IOU_THRESHOLDS)
-
-    def one(ap: bool, iou: float | None = None, area: str = "all", max_dets: int = 100) -> float:
-        s = precision if ap else recall
-        if iou is not None:
-            s = s[np.where(iou == thresholds)[0]]
-        a, m = [AREA_RANGES.index(area)], [MAX_DETECTIONS.index(max_dets)]
-        s = s[:, :, :, a, m] if ap else s[:, :, a, m]
-        return -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
-
-    return [
-        one(True),
-        one(True, iou=0.5),
-        one(True, iou=0.75),
-        one(True, area="small"),
-        one(True, area="medium"),
-        one(True, area="large"),
-        one(False, max_dets=1),
-        one(False, max_dets=10),
-        one(False),
-        one(False, area="small"),
-        one(False, area="medium"),
-        one(False, area="large"),
-    ]
-
-
-def _category_ap(precision: np.ndarray, k: int | None) -> float:
-    """detectron2's per-category AP (percent): mean precision over IoUs and recalls, area all, 100 detections."""
-    if k is None:
-        return math.nan
-    p = precision[:, :, k, 0, -1]
-    p = p[p > -1]
-    return float(np.mean(p) * 100) if p.size else math.nan
-
-
-def _percent(stat: float) -> float:
-    return float(stat * 100) if stat >= 0 else math.nan

@@ -10,24 +10,9 @@ detectron2 draws its tables with ``tabulate(tablefmt="pipe")``; the small format
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-_SUMMARY_ROWS = (  # (AP?, IoU, area, maxDets) of COCOeval.stats[0..11]
-    (True, None, "all", 100),
-    (True, 0.5, "all", 100),
-    (True, 0.75, "all", 100),
-    (True, None, "small", 100),
-    (True, None, "medium", 100),
-    (True, None, "large", 100),
-    (False, None, "all", 1),
-    (False, None, "all", 10),
-    (False, None, "all", 100),
-    (False, None, "small", 100),
-    (False, None, "medium", 100),
-    (False, None, "large", 100),
-)
+from segmentation.evaluation.coco_stats import METRICS, STATS, percent
 
 
 def format_results_table(results: Mapping[str, float]) -> str:
@@ -46,17 +31,17 @@ def format_per_category_table(per_category_ap: Mapping[str, float]) -> str:
 def format_coco_summary(stats: Sequence[float]) -> str:
     """The 12 lines ``COCOeval.summarize()`` prints for the 12 stats (fractions, -1 printed as -1.000)."""
     lines = []
-    for (ap, iou, area, max_dets), value in zip(_SUMMARY_ROWS, stats, strict=True):
-        title, kind = ("Average Precision", "(AP)") if ap else ("Average Recall", "(AR)")
-        iou_str = "0.50:0.95" if iou is None else f"{iou:0.2f}"
-        where = f"IoU={iou_str:<9} | area={area:>6s} | maxDets={max_dets:>3d}"
+    for stat, value in zip(STATS, stats, strict=True):
+        title, kind = ("Average Precision", "(AP)") if stat.precision else ("Average Recall", "(AR)")
+        iou_str = "0.50:0.95" if stat.iou is None else f"{stat.iou:0.2f}"
+        where = f"IoU={iou_str:<9} | area={stat.area:>6s} | maxDets={stat.max_dets:>3d}"
         lines.append(f" {title:<18} {kind} @[ {where} ] = {value:0.3f}")
     return "\n".join(lines)
 
 
 def format_task_report(task: str, stats: Sequence[float], per_category_ap: Mapping[str, float] | None = None) -> str:
     """What detectron2 prints for one task after COCOeval: summary, results table, per-category table (>1 class)."""
-    results = {name: (stats[i] * 100 if stats[i] >= 0 else math.nan) for i, name in enumerate(METRICS)}
+    results = {name: percent(stats[i]) for i, name in enumerate(METRICS)}
     text = format_coco_summary(stats) + "\n" + f"Evaluation results for {task}: \n" + format_results_table(results)
     if per_category_ap and len(per_category_ap) > 1:
         text += "\n" + f"Per-category {task} AP: \n" + format_per_category_table(per_category_ap)
