@@ -11,7 +11,6 @@ import dataclasses
 import importlib.util
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
 from segmentation.data.datamodule import CocoDataModule
 from segmentation.errors import ConfigError
@@ -50,6 +49,7 @@ class SegmentationCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, *, description: str = "") -> None:
         given = sys.argv[1:] if args is None else args
+        refuse_top_level_optimizer(given)
         translated = translate_detectron2_configs(given)
         super().__init__(
             MaskRCNNModule,
@@ -109,6 +109,19 @@ class SegmentationCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+def refuse_top_level_optimizer(args: list[str]) -> None:
+    """LightningCLI's top-level ``--optimizer``/``--lr_scheduler`` would bypass detectron2's parameter groups and
+    schedule; the model owns both, so point to its options in one line instead of a usage dump."""
+    for arg in args:
+        option = arg.split("=", 1)[0].split(".", 1)[0]
+        if option in ("--optimizer", "--lr_scheduler"):
+            raise ConfigError(
+                f"{option} is not an option here: the optimizer is --model.optimizer (e.g. --model.optimizer "
+                "torch.optim.SGD --model.optimizer.lr 0.02 --model.optimizer.momentum 0.9) and the schedule "
+                "--model.schedule.name (WarmupMultiStepLR or WarmupCosineLR)"
+            )
+
+
 def checkpoint_dir(output_dir: str) -> str:
     return f"{output_dir}/checkpoints"
 
@@ -141,8 +154,8 @@ def trained_model(cli: SegmentationCLI, command: str) -> MaskRCNN:
 def translate_detectron2_configs(args: list[str]) -> list[str]:
     """Replace each ``--config`` that is a detectron2 ``config.yaml`` dump by the equivalent config of ours.
 
-    The translation is written next to the system's temporary files and named in the run's saved config, so a
-    detectron2 OUTPUT_DIR can be evaluated or fine-tuned without transcribing its numbers by hand.
+    The translation is handed to the parser as yaml text (nothing is written to disk) and ends up in the run's saved
+    config.yaml, so a detectron2 OUTPUT_DIR can be evaluated or fine-tuned without transcribing its numbers by hand.
     """
     translated = list(args)
     for i, arg in enumerate(translated):
@@ -154,10 +167,22 @@ def translate_detectron2_configs(args: list[str]) -> list[str]:
             continue
         if Path(path).is_file() and is_detectron2_config(path):
             ours = config_from_detectron2(from_detectron2_config(path))
-            with tempfile.NamedTemporaryFile("w", suffix=f"-{Path(path).stem}.yaml", delete=False) as f:
-                yaml.safe_dump(ours, f, sort_keys=False)
-            translated[index] = f.name if index != i else f"--config={f.name}"
+            if not any(a.split("=", 1)[0].startswith("--model.optimizer") for a in args):
+                _say_optimizer(ours["model"]["optimizer"]["init_args"])
+            text = yaml.safe_dump(ours, sort_keys=False)  # --config takes yaml text as well as a path: no temp file
+            translated[index] = text if index != i else f"--config={text}"
     return translated
+
+
+@rank_zero_only
+def _say_optimizer(sgd: dict[str, Any]) -> None:
+    """detectron2's DefaultTrainer builds SGD, and a dump does not name its optimizer: say which one trains."""
+    print(
+        f"detectron2 config: training with detectron2's default optimizer, torch.optim.SGD (momentum "
+        f"{sgd['momentum']}, nesterov {sgd['nesterov']}); choose another with --model.optimizer, e.g. "
+        "--model.optimizer torch.optim.Adam --model.optimizer.lr 1e-4 for the seed recipe's Adam",
+        file=sys.stderr,
+    )
 
 
 def config_from_detectron2(settings: Detectron2Settings) -> dict[str, Any]:
@@ -167,16 +192,32 @@ def config_from_detectron2(settings: Detectron2Settings) -> dict[str, Any]:
             f"INPUT.FORMAT {settings.input_format!r} is not supported: the model reads BGR images"
         )
     arch = json.loads(json.dumps(dataclasses.asdict(settings.model)))  # tuples -> lists for yaml
-    return {
+    config: dict[str, Any] = {
         "model": {
             "arch": arch,
             "weights": settings.weights or None,
-            "lr": settings.base_lr,
-            "weight_decay": settings.weight_decay,
-            "warmup_iters": settings.warmup_iters,
-            "warmup_factor": settings.warmup_factor,
-            "milestones": list(settings.steps),
-            "gamma": settings.gamma,
+            "optimizer": {
+                "class_path": "torch.optim.SGD",
+                "init_args": {
+                    "lr": settings.base_lr,
+                    "momentum": settings.momentum,
+                    "nesterov": settings.nesterov,
+                    "weight_decay": settings.weight_decay,
+                },
+            },
+            "bias_lr_factor": settings.bias_lr_factor,
+            "weight_decay_bias": settings.weight_decay_bias,
+            "weight_decay_norm": settings.weight_decay_norm,
+            "schedule": {
+                "name": settings.lr_scheduler_name,
+                "warmup_method": settings.warmup_method,
+                "warmup_iters": settings.warmup_iters,
+                "warmup_factor": settings.warmup_factor,
+                "milestones": list(settings.steps),
+                "gamma": settings.gamma,
+                "base_lr_end": settings.base_lr_end,
+            },
+            "gradient_clipping": settings.clip_gradients,
         },
         "data": {
             "batch_size": settings.ims_per_batch,
@@ -194,3 +235,6 @@ def config_from_detectron2(settings: Detectron2Settings) -> dict[str, Any]:
             "val_check_interval": settings.eval_period or None,
         },
     }
+    if settings.seed >= 0:  # SEED -1 draws a random seed, as Lightning does without seed_everything
+        config["seed_everything"] = settings.seed
+    return config

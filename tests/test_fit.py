@@ -4,10 +4,13 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from segmentation.data.phantom import make_phantom
 from segmentation.fit import main
-from segmentation.training.schedule import warmup_multistep_factor
+from segmentation.model.config import MaskRCNNConfig
+from segmentation.model.mask_rcnn import build_mask_rcnn
+from segmentation.training.schedule import Schedule, lr_multiplier
 
 TRAINING_KEYS = {
     "iteration", "total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc", "lr", "time",
@@ -85,7 +88,8 @@ def test_resume_continues_at_the_next_step_without_duplicate_lines(phantom, tmp_
     lines = metrics_lines(tmp_path)
     training = [line for line in lines if "total_loss" in line]
     assert [line["iteration"] for line in training] == [2, 4]
-    assert training[1]["lr"] == pytest.approx(1e-3 * warmup_multistep_factor(4, warmup_iters=100))
+    quickstart = Schedule(warmup_iters=100, milestones=[350, 450])
+    assert training[1]["lr"] == 1e-3 * lr_multiplier(quickstart, base_lr=1e-3, max_iter=5)(4)
     assert [line["iteration"] for line in lines if "bbox/AP" in line] == [3, 5]
 
 
@@ -101,7 +105,8 @@ def test_recipe_config_prints_the_seed_values_and_the_zoo_url(capsys):
         "https://dl.fbaipublicfiles.com/detectron2/COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x/"
         "139653917/model_final_2d9806.pkl",
         "depth: 101", "num_groups: 32", "width_per_group: 8", "freeze_at: 2", "norm: FrozenBN",
-        "roi_batch_size_per_image: 128", "lr: 0.0001", "warmup_iters: 1000", "warmup_factor: 0.001",
+        "roi_batch_size_per_image: 128", "class_path: torch.optim.Adam", "lr: 0.0001", "warmup_iters: 1000",
+        "warmup_factor: 0.001",
         "max_steps: 3000", "batch_size: 4", "num_workers: 2", "precision: 16-mixed", "min_size_train: 512",
     ):  # fmt: skip
         assert expected in printed, expected
@@ -125,3 +130,37 @@ def test_bad_data_stops_before_the_first_step_with_a_report_and_no_traceback(pha
     err = capsys.readouterr().err
     assert "987654" in err and "val.json" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_detectron2_dump_trains_with_sgd_and_an_override_chooses_another(parity_dir, capsys):
+    dump = str(parity_dir / "tiny_lung" / "config.yaml")
+    with pytest.raises(SystemExit):
+        main(["--config", dump, "--print_config"])
+    captured = capsys.readouterr()
+    assert "class_path: torch.optim.SGD" in captured.out and "momentum: 0.0" in captured.out
+    assert "detectron2's default optimizer, torch.optim.SGD" in captured.err + captured.out
+    with pytest.raises(SystemExit):
+        main(["--config", dump, "--model.optimizer", "torch.optim.Adam", "--model.optimizer.lr=1e-4", "--print_config"])
+    printed = capsys.readouterr().out
+    assert "class_path: torch.optim.Adam" in printed and "momentum" not in printed
+
+
+def test_top_level_optimizer_option_points_to_the_model_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", "configs/quickstart.yaml", "--optimizer", "AdamW"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model.optimizer" in err and len(err.strip().splitlines()) == 1
+
+
+def test_detectron2_per_tensor_clipping_applies_during_training(phantom, tmp_path):
+    """Clipping every gradient element to 0 leaves SGD (no momentum, no decay) nothing to change."""
+    main(small_run(phantom, tmp_path, "--trainer.max_steps=1", "--model.optimizer=torch.optim.SGD",
+                   "--model.optimizer.lr=0.1", "--model.gradient_clipping.clip_type=value",
+                   "--model.gradient_clipping.clip_value=0.0", "--trainer.val_check_interval=null"))  # fmt: skip
+    after = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    torch.manual_seed(0)  # the quickstart's seed_everything: rebuild the same initial weights
+    arch = yaml.safe_load(open("configs/quickstart.yaml"))["model"]["arch"]
+    before = build_mask_rcnn(MaskRCNNConfig(**arch)).state_dict()
+    trained = [k for k in after if "num_batches_tracked" not in k and "running" not in k]
+    assert all(torch.equal(after[k], before[k]) for k in trained)

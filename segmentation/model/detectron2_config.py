@@ -39,8 +39,10 @@ class Detectron2Settings:
         min_size_test, max_size_test: INPUT.MIN_SIZE_TEST (0 disables the test resize) and MAX_SIZE_TEST.
         mask_format: INPUT.MASK_FORMAT, ``bitmask`` or ``polygon``.
         train_datasets, test_datasets: DATASETS.TRAIN / DATASETS.TEST registered names.
-        base_lr, max_iter, ims_per_batch, warmup_iters, warmup_factor, weight_decay, momentum, steps, gamma:
-            SOLVER.* of WarmupMultiStepLR with linear warmup.
+        base_lr, max_iter, ims_per_batch, warmup_iters, warmup_factor, weight_decay, momentum, nesterov, steps,
+            gamma, lr_scheduler_name, warmup_method, base_lr_end: SOLVER.* of the optimizer and the schedule.
+        bias_lr_factor, weight_decay_bias, weight_decay_norm: SOLVER.* parameter-group rules.
+        clip_gradients: SOLVER.CLIP_GRADIENTS as ``{clip_type, clip_value, norm_type}``, None when disabled.
         amp_enabled: SOLVER.AMP.ENABLED.
         checkpoint_period: SOLVER.CHECKPOINT_PERIOD.
         eval_period: TEST.EVAL_PERIOD (0: evaluate only after training).
@@ -65,6 +67,14 @@ class Detectron2Settings:
     warmup_factor: float
     weight_decay: float
     momentum: float
+    nesterov: bool
+    lr_scheduler_name: str
+    warmup_method: str
+    base_lr_end: float
+    bias_lr_factor: float
+    weight_decay_bias: float | None
+    weight_decay_norm: float
+    clip_gradients: dict[str, Any] | None
     steps: tuple[int, ...]
     gamma: float
     amp_enabled: bool
@@ -288,18 +298,18 @@ def from_detectron2_config(cfg: Mapping[str, Any] | str | Path) -> Detectron2Set
     r.equal("DATALOADER.SAMPLER_TRAIN", "TrainingSampler")
 
     sol = "SOLVER."
-    r.equal(sol + "LR_SCHEDULER_NAME", "WarmupMultiStepLR")
-    r.equal(sol + "WARMUP_METHOD", "linear")
-    r.equal(sol + "CLIP_GRADIENTS.ENABLED", False, default=False)
-    r.equal(sol + "REFERENCE_WORLD_SIZE", 0, default=0)
-    r.equal(sol + "BIAS_LR_FACTOR", 1.0, default=1.0)
-    weight_decay = float(r.get(sol + "WEIGHT_DECAY"))
     r.require(
-        sol + "WEIGHT_DECAY_BIAS",
-        lambda v: v is None or float(v) == weight_decay,
-        f"null or equal to SOLVER.WEIGHT_DECAY ({weight_decay})",
-        default=None,
+        sol + "LR_SCHEDULER_NAME",
+        lambda v: v in ("WarmupMultiStepLR", "WarmupCosineLR"),
+        "'WarmupMultiStepLR' or 'WarmupCosineLR'",
     )
+    r.require(sol + "WARMUP_METHOD", lambda v: v in ("linear", "constant"), "'linear' or 'constant'")
+    r.equal(sol + "RESCALE_INTERVAL", False, default=False)
+    clipping = r.get(sol + "CLIP_GRADIENTS.ENABLED", default=False)
+    if clipping:
+        r.require(sol + "CLIP_GRADIENTS.CLIP_TYPE", lambda v: v in ("value", "norm"), "'value' or 'norm'")
+    r.equal(sol + "REFERENCE_WORLD_SIZE", 0, default=0)
+    weight_decay_bias = r.get(sol + "WEIGHT_DECAY_BIAS", default=None)
     if r.problems:
         raise UnsupportedConfigError(
             "detectron2 config uses settings this project does not implement:\n  " + "\n  ".join(r.problems)
@@ -322,8 +332,24 @@ def from_detectron2_config(cfg: Mapping[str, Any] | str | Path) -> Detectron2Set
         ims_per_batch=int(r.get(sol + "IMS_PER_BATCH")),
         warmup_iters=int(r.get(sol + "WARMUP_ITERS")),
         warmup_factor=float(r.get(sol + "WARMUP_FACTOR")),
-        weight_decay=weight_decay,
+        weight_decay=float(r.get(sol + "WEIGHT_DECAY")),
         momentum=float(r.get(sol + "MOMENTUM")),
+        nesterov=bool(r.get(sol + "NESTEROV", default=False)),
+        lr_scheduler_name=r.get(sol + "LR_SCHEDULER_NAME"),
+        warmup_method=r.get(sol + "WARMUP_METHOD"),
+        base_lr_end=float(r.get(sol + "BASE_LR_END", default=0.0)),
+        bias_lr_factor=float(r.get(sol + "BIAS_LR_FACTOR", default=1.0)),
+        weight_decay_bias=None if weight_decay_bias is None else float(weight_decay_bias),
+        weight_decay_norm=float(r.get(sol + "WEIGHT_DECAY_NORM", default=0.0)),
+        clip_gradients=(
+            {
+                "clip_type": r.get(sol + "CLIP_GRADIENTS.CLIP_TYPE"),
+                "clip_value": float(r.get(sol + "CLIP_GRADIENTS.CLIP_VALUE")),
+                "norm_type": float(r.get(sol + "CLIP_GRADIENTS.NORM_TYPE", default=2.0)),
+            }
+            if clipping
+            else None
+        ),
         steps=tuple(int(s) for s in r.get(sol + "STEPS")),
         gamma=float(r.get(sol + "GAMMA")),
         amp_enabled=bool(r.get(sol + "AMP.ENABLED")),

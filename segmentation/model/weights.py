@@ -426,6 +426,12 @@ def detectron2_to_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, to
     return _map_detectron2(state)[0]
 
 
+def detectron2_names_to_ours(names: list[str]) -> dict[str, str]:
+    """detectron2 parameter names -> ours (torchvision's), for comparing per-parameter settings with detectron2."""
+    renamed = _rename({name: name for name in names}, _D2_RULES, "detectron2")
+    return {original: ours for ours, original in renamed.items()}
+
+
 _C2_BN = {"s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
 _C2_RULES: list[tuple[re.Pattern[str], Any]] = [
     (re.compile(r"conv1_w"), lambda m: "conv1.weight"),

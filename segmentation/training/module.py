@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.utilities import rank_zero_info
 
 from segmentation.data.rle import write_json_atomic
@@ -23,7 +24,9 @@ from segmentation.evaluation.tables import copypaste_lines, format_task_report
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
 from segmentation.model.weights import load_weights, resolve
-from segmentation.training.schedule import warmup_multistep_factor
+from segmentation.training.clipping import GradientClipping, clip_each_tensor
+from segmentation.training.optim import build_optimizer, parameter_groups
+from segmentation.training.schedule import Schedule, lr_multiplier
 
 
 class MaskRCNNModule(pl.LightningModule):
@@ -37,14 +40,17 @@ class MaskRCNNModule(pl.LightningModule):
         backbone_weights: ImageNet initialisation of the backbone alone, as detectron2's base configs do it
             (``ImageNetPretrained/FAIR/X-101-32x8d.pkl`` and other Caffe2-named ``.pkl``, or a timm/torchvision
             ResNet/ResNeXt state dict); FPN and heads keep detectron2's initialisation. Applied before ``weights``.
-        lr: Adam learning rate (SOLVER.BASE_LR).
-        weight_decay: L2 penalty added to the gradients, as ``torch.optim.Adam`` applies it (SOLVER.WEIGHT_DECAY).
-        betas: Adam betas.
-        warmup_iters: linear warmup length in iterations (SOLVER.WARMUP_ITERS).
-        warmup_factor: learning-rate factor at iteration 0 (SOLVER.WARMUP_FACTOR).
-        milestones: iterations where the rate is multiplied by ``gamma`` (SOLVER.STEPS; detectron2 drops those
-            beyond MAX_ITER, so the recipe has none).
-        gamma: decay factor at each milestone (SOLVER.GAMMA).
+        optimizer: any ``torch.optim`` class with its arguments (``--model.optimizer torch.optim.SGD
+            --model.optimizer.momentum 0.9``). Its ``lr`` is the base learning rate (SOLVER.BASE_LR) and its
+            ``weight_decay`` the base decay (SOLVER.WEIGHT_DECAY). The seed recipe uses Adam; detectron2's
+            DefaultTrainer builds SGD.
+        bias_lr_factor: biases train at this multiple of the base rate (SOLVER.BIAS_LR_FACTOR).
+        weight_decay_bias: weight decay of biases, None for the base decay (SOLVER.WEIGHT_DECAY_BIAS).
+        weight_decay_norm: weight decay of normalisation-layer parameters (SOLVER.WEIGHT_DECAY_NORM).
+        schedule: detectron2's learning-rate schedule, stepped every iteration (SOLVER.LR_SCHEDULER_NAME, WARMUP_*,
+            STEPS, GAMMA, BASE_LR_END).
+        gradient_clipping: detectron2's per-tensor clipping (SOLVER.CLIP_GRADIENTS), None for off. Lightning's
+            ``--trainer.gradient_clip_val`` (one global norm) applies on top when set.
         eval_backend: COCOeval implementation behind torchmetrics. ``pycocotools`` is COCOeval itself, bit for bit;
             ``faster_coco_eval`` is faster and agrees to ~1e-16 (precision computed without COCOeval's epsilon).
         score_threshold: score at which precision/recall/F1 and per-image Dice/IoU are reported.
@@ -55,23 +61,34 @@ class MaskRCNNModule(pl.LightningModule):
         arch: MaskRCNNConfig | None = None,
         weights: str | None = None,
         backbone_weights: str | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_iters: int = 1000,
-        warmup_factor: float = 0.001,
-        milestones: list[int] | None = None,
-        gamma: float = 0.1,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        bias_lr_factor: float = 1.0,
+        weight_decay_bias: float | None = None,
+        weight_decay_norm: float = 0.0,
+        schedule: Schedule | None = None,
+        gradient_clipping: GradientClipping | None = None,
         eval_backend: Literal["faster_coco_eval", "pycocotools"] = "pycocotools",
         score_threshold: float = 0.5,
     ) -> None:
         super().__init__()
         if isinstance(arch, dict):  # restored from a checkpoint's hyper-parameters
             arch = MaskRCNNConfig(**arch)
+        if isinstance(schedule, dict):
+            schedule = Schedule(**schedule)
+        if isinstance(gradient_clipping, dict):
+            gradient_clipping = GradientClipping(**gradient_clipping)
         self.arch = arch or MaskRCNNConfig()
-        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters({"arch": dataclasses.asdict(self.arch)})
-        self.save_hyperparameters(ignore=["arch"])
+        self.optimizer = optimizer
+        self.schedule = schedule or Schedule()
+        self.gradient_clipping = gradient_clipping
+        # Plain containers only, so checkpoints load with torch.load(weights_only=True); the optimizer callable is
+        # recorded by the saved config.yaml, its state by the checkpoint.
+        self.save_hyperparameters(
+            {"arch": dataclasses.asdict(self.arch), "schedule": dataclasses.asdict(self.schedule)}
+        )
+        if gradient_clipping is not None:
+            self.save_hyperparameters({"gradient_clipping": dataclasses.asdict(gradient_clipping)})
+        self.save_hyperparameters(ignore=["arch", "optimizer", "schedule", "gradient_clipping"])
         self.model = build_mask_rcnn(self.arch)
         self.category_names: list[str] = []
         self.last_evaluation: dict[str, float] = {}
@@ -155,23 +172,27 @@ class MaskRCNNModule(pl.LightningModule):
         return {"loss": total_loss, "scalars": scalars}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(
-            params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
+        groups = parameter_groups(
+            self.model,
+            bias_lr_factor=self.hparams.bias_lr_factor,
+            weight_decay_bias=self.hparams.weight_decay_bias,
+            weight_decay_norm=self.hparams.weight_decay_norm,
         )
-        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else float("inf")
-        milestones = [m for m in (self.hparams.milestones or []) if m < max_steps]
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: warmup_multistep_factor(
-                step,
-                warmup_iters=self.hparams.warmup_iters,
-                warmup_factor=self.hparams.warmup_factor,
-                milestones=milestones,
-                gamma=self.hparams.gamma,
-            ),
-        )
+        optimizer = build_optimizer(self.optimizer, groups)
+        multiplier = lr_multiplier(self.schedule, base_lr=optimizer.defaults["lr"], max_iter=self.trainer.max_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """detectron2's per-tensor clipping first (gradients are unscaled here under fp16), then Lightning's own."""
+        if self.gradient_clipping is not None:
+            clip_each_tensor((p for group in optimizer.param_groups for p in group["params"]), self.gradient_clipping)
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---- evaluation ----------------------------------------------------------------------------------------
 

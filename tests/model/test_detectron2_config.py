@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from segmentation.cli import config_from_detectron2
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.detectron2_config import (
     UnsupportedConfigError,
@@ -130,7 +131,8 @@ def test_config_detection(parity_dir: Path, tmp_path: Path) -> None:
         ("INPUT.RANDOM_FLIP", "horizontal"),
         ("INPUT.MIN_SIZE_TRAIN", [640, 672, 704, 736, 768, 800]),
         ("TEST.AUG.ENABLED", True),
-        ("SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"),
+        ("SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR"),
+        ("SOLVER.RESCALE_INTERVAL", True),
     ],
 )
 def test_unsupported_settings_are_refused_by_name_and_value(tiny: dict, key: str, value: Any) -> None:
@@ -155,6 +157,38 @@ def test_accepted_variants(tiny: dict) -> None:
     other = with_value(tiny, "MODEL.RETINANET.NUM_CONVS", 8)
     del other["MODEL"]["ROI_BOX_HEAD"]["USE_FED_LOSS"]
     assert from_detectron2_config(other).model == from_detectron2_config(tiny).model
+
+
+def test_solver_settings_map_onto_the_optimizer_schedule_and_clipping(tiny: dict) -> None:
+    cfg = tiny
+    for key, value in [
+        ("SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"), ("SOLVER.BASE_LR_END", 1e-6),
+        ("SOLVER.WARMUP_METHOD", "constant"), ("SOLVER.MOMENTUM", 0.9), ("SOLVER.NESTEROV", True),
+        ("SOLVER.BIAS_LR_FACTOR", 2.0), ("SOLVER.WEIGHT_DECAY_BIAS", 0.0), ("SOLVER.WEIGHT_DECAY_NORM", 1e-5),
+        ("SOLVER.CLIP_GRADIENTS.ENABLED", True), ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm"),
+        ("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 0.5), ("SOLVER.CLIP_GRADIENTS.NORM_TYPE", float("inf")),
+    ]:  # fmt: skip
+        cfg = with_value(cfg, key, value)
+    ours = config_from_detectron2(from_detectron2_config(cfg))
+    model = ours["model"]
+    assert model["optimizer"] == {
+        "class_path": "torch.optim.SGD",
+        "init_args": {"lr": 1e-4, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
+    }
+    assert (model["bias_lr_factor"], model["weight_decay_bias"], model["weight_decay_norm"]) == (2.0, 0.0, 1e-5)
+    assert model["schedule"] == {
+        "name": "WarmupCosineLR", "warmup_method": "constant", "warmup_iters": 0, "warmup_factor": 0.001,
+        "milestones": [], "gamma": 0.1, "base_lr_end": 1e-6,
+    }  # fmt: skip
+    assert model["gradient_clipping"] == {"clip_type": "norm", "clip_value": 0.5, "norm_type": float("inf")}
+    assert ours["seed_everything"] == 20260601
+
+
+def test_clipping_other_than_per_tensor_is_refused(tiny: dict) -> None:
+    cfg = with_value(tiny, "SOLVER.CLIP_GRADIENTS.ENABLED", True)
+    cfg = with_value(cfg, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full_model")
+    with pytest.raises(UnsupportedConfigError, match="CLIP_TYPE = 'full_model'"):
+        from_detectron2_config(cfg)
 
 
 def test_unresolved_or_partial_configs_are_refused(tiny: dict) -> None:

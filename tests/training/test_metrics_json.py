@@ -9,7 +9,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from segmentation.training.metrics_json import MetricsJsonWriter
-from segmentation.training.schedule import warmup_multistep_factor
+from segmentation.training.schedule import Schedule, lr_multiplier
+
+WARMUP_30 = Schedule(warmup_iters=30)
 
 
 class _Recorder(pl.LightningModule):
@@ -33,7 +35,7 @@ class _Recorder(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=1e-4)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_multistep_factor(s, warmup_iters=30))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(WARMUP_30, base_lr=1e-4, max_iter=50))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def train_dataloader(self):
@@ -80,7 +82,7 @@ def test_smoothed_values_are_medians_of_the_last_20_iterations(lines):
 
 
 def test_lr_is_the_rate_used_by_that_iteration(lines):
-    assert lines[0]["lr"] == pytest.approx(1e-4 * warmup_multistep_factor(19, warmup_iters=30))
+    assert lines[0]["lr"] == pytest.approx(1e-4 * lr_multiplier(WARMUP_30, base_lr=1e-4, max_iter=50)(19))
     assert lines[2]["lr"] == pytest.approx(1e-4)
 
 

@@ -1,5 +1,7 @@
 """MaskRCNNModule: how a fine-tune starts (initial weights) and what the optimizer trains."""
 
+import functools
+
 import torch
 
 from segmentation.model.config import MaskRCNNConfig
@@ -28,7 +30,7 @@ def test_backbone_weights_initialise_only_the_backbone(tmp_path):
 
 
 def test_optimizer_trains_exactly_the_unfrozen_parameters():
-    module = MaskRCNNModule(TINY)
+    module = MaskRCNNModule(TINY, optimizer=functools.partial(torch.optim.Adam, lr=1e-4))
     trainer = type("T", (), {"max_steps": 10})()
     module.trainer = trainer  # configure_optimizers only reads max_steps
     optimizer = module.configure_optimizers()["optimizer"]
@@ -37,4 +39,4 @@ def test_optimizer_trains_exactly_the_unfrozen_parameters():
     assert frozen and all(
         n.startswith(("backbone.body.conv1", "backbone.body.bn1", "backbone.body.layer1")) for n in frozen
     )
-    assert optimizer.param_groups[0]["lr"] == 1e-4 * 0.001  # warmup starts at factor 0.001
+    assert all(group["lr"] == 1e-4 * 0.001 for group in optimizer.param_groups)  # warmup starts at factor 0.001
