@@ -34,6 +34,16 @@ def rois_with_batch_index(boxes: Sequence[Tensor]) -> Tensor:
     return torch.cat([index[:, None], concat], dim=1)
 
 
+def _pooling_inputs(feature: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+    """detectron2 casts the ROI coordinates to the feature dtype: fine in fp16 (0.25 px steps at 256-512 px) and
+    fp32, but bf16 has 2 px steps at 256-512 px, a precision detectron2 never runs, which would misalign the pooled
+    features with the mask targets. Under bf16 the coordinates stay fp32 and the pooling runs in fp32, which is what
+    torchvision's roi_align does under autocast anyway."""
+    if feature.dtype == torch.bfloat16:
+        return feature.float(), rois.float()
+    return feature, rois.to(feature.dtype)
+
+
 class D2MultiScaleRoIAlign(MultiScaleRoIAlign):
     """ROIAlignV2 (``aligned=True``, ``sampling_ratio=0``) over the named levels with fixed strides."""
 
@@ -54,7 +64,7 @@ class D2MultiScaleRoIAlign(MultiScaleRoIAlign):
         for level, (feature, stride) in enumerate(zip(features, self.strides, strict=True)):
             idx = torch.nonzero(levels == level).squeeze(1)
             pooled = roi_align(
-                feature, rois[idx].to(feature.dtype), self.output_size, 1.0 / stride, sampling_ratio=0, aligned=True
+                *_pooling_inputs(feature, rois[idx]), self.output_size, 1.0 / stride, sampling_ratio=0, aligned=True
             )
             out.index_put_((idx,), pooled.to(out.dtype))
         return out

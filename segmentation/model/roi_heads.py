@@ -295,7 +295,9 @@ class D2RoIHeads(RoIHeads):
     def _detections_of_image(self, boxes: Tensor, scores: Tensor, image_shape: tuple[int, int]) -> dict[str, Tensor]:
         valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
         boxes, scores = boxes[valid], scores[valid, 1:]
-        boxes = clip_boxes_to_image(boxes.reshape(-1, 4), image_shape).view(boxes.shape[0], -1, 4)[:, 1:]
+        # explicit class count: an image whose proposals are all invalid has 0 boxes, and -1 cannot be inferred
+        num_classes = scores.shape[1] + 1
+        boxes = clip_boxes_to_image(boxes.reshape(-1, 4), image_shape).view(boxes.shape[0], num_classes, 4)[:, 1:]
         keep_mask = scores > self.score_thresh
         inds = torch.nonzero(keep_mask)
         boxes, scores = boxes[keep_mask], scores[keep_mask]

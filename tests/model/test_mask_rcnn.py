@@ -137,3 +137,15 @@ def test_under_autocast_anchors_deltas_and_proposals_stay_fp32() -> None:
     for t in (boxes[0], logits[0], level_logits[0], level_deltas[0], level_anchors[0]):
         assert t.dtype == torch.float32
     assert all(torch.isfinite(v) for k, v in out.items() if k.startswith("loss_"))
+
+
+def test_an_image_without_valid_proposals_gives_empty_detections(monkeypatch):
+    """detectron2 returns empty instances when every proposal is invalid; reshaping 0 boxes must not crash."""
+    model = build_mask_rcnn(TINY).eval()
+    monkeypatch.setattr(
+        model.rpn, "forward", lambda images, features, targets=None: ([torch.zeros((0, 4))] * len(images.tensors), {})
+    )
+    with torch.no_grad():
+        (detections,) = model([torch.zeros(3, 64, 64)], output_sizes=[(64, 64)])
+    assert detections["boxes"].shape == (0, 4) and detections["scores"].shape == (0,)
+    assert detections["labels"].shape == (0,) and detections["masks"].shape == (0, 64, 64)

@@ -25,3 +25,21 @@ def test_pooler_is_aligned_with_adaptive_sampling() -> None:
     assert torch.allclose(pooled, expected)
     unaligned = roi_align(features["0"], rois, (7, 7), 0.25, sampling_ratio=2, aligned=False)
     assert not torch.allclose(pooled, unaligned)
+
+
+def test_bf16_keeps_box_coordinates_in_fp32() -> None:
+    """A 400 px box at fractional coordinates pools the same bf16 features as with fp32 coordinates; bf16
+    coordinates (2 px steps at 256-512 px) would pool different ones."""
+    torch.manual_seed(0)
+    names = ["0", "1", "2", "3"]
+    features = {name: torch.randn(1, 4, 256 // 2**i, 256 // 2**i).bfloat16() for i, name in enumerate(names)}
+    box = torch.tensor([[101.3, 57.7, 501.1, 457.9]])  # sqrt(area) 400: level P4 (stride 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled = D2MultiScaleRoIAlign(names, 7)(features, [box], [(1024, 1024)])
+    rois = torch.cat([torch.zeros(1, 1), box], dim=1)
+    fp32_coordinates = roi_align(features["2"].float(), rois, (7, 7), 1 / 16, sampling_ratio=0, aligned=True)
+    torch.testing.assert_close(pooled.float(), fp32_coordinates.bfloat16().float(), rtol=0, atol=0)
+    bf16_coordinates = roi_align(
+        features["2"].float(), rois.bfloat16().float(), (7, 7), 1 / 16, sampling_ratio=0, aligned=True
+    )
+    assert not torch.equal(fp32_coordinates.bfloat16(), bf16_coordinates.bfloat16())
