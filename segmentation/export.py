@@ -32,7 +32,7 @@ from pytorch_lightning.cli import LightningArgumentParser
 from torch import Tensor
 
 from segmentation.cli import SegmentationCLI, trained_model
-from segmentation.data.mapper import read_image_bgr
+from segmentation.data.images import read_image_bgr
 from segmentation.errors import user_errors_exit
 from segmentation.model import poolers, postprocess
 from segmentation.model.mask_rcnn import MaskRCNN

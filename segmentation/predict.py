@@ -42,7 +42,8 @@ from torch import Tensor
 
 from segmentation.cli import SegmentationCLI, trained_model
 from segmentation.data import volumes
-from segmentation.data.mapper import read_image_bgr, resize_shortest_edge
+from segmentation.data.images import LUNG_CT, LUNG_WINDOW, CtWindow, read_image_bgr, window_to_uint8
+from segmentation.data.mapper import resize_shortest_edge
 from segmentation.data.rle import write_json_atomic
 from segmentation.errors import ConfigError, MissingFileError, user_errors_exit
 from segmentation.evaluation.results import detections_to_coco_results
@@ -60,8 +61,11 @@ class PredictCLI(SegmentationCLI):
         super().add_arguments_to_parser(parser)
         parser.add_argument("--input", type=str, nargs="+", required=True, help="Images, image folders, volumes.")
         parser.add_argument("--score_threshold", type=float, default=0.5, help="Score to keep in masks/overlays.")
-        parser.add_argument("--window_center", type=float, default=volumes.LUNG_WINDOW[0], help="HU, volumes.")
-        parser.add_argument("--window_width", type=float, default=volumes.LUNG_WINDOW[1], help="HU, volumes.")
+        parser.add_argument("--window_center", type=float, default=LUNG_WINDOW[0], help="HU (volumes, 16-bit images).")
+        parser.add_argument("--window_width", type=float, default=LUNG_WINDOW[1], help="HU (volumes, 16-bit images).")
+        parser.add_argument(
+            "--intensity_offset", type=float, default=1024.0, help="16-bit images store HU + this value."
+        )
         parser.add_argument("--batch_size", type=int, default=4, help="Images per forward pass.")
         parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
 
@@ -211,7 +215,7 @@ def predict(
     min_size: int,
     max_size: int,
     score_threshold: float = 0.5,
-    window: tuple[float, float] = volumes.LUNG_WINDOW,
+    window: CtWindow = LUNG_CT,
     batch_size: int = 4,
 ) -> Path:
     """Predict every input and write the outputs listed in the module docstring into ``out_dir``.
@@ -226,7 +230,7 @@ def predict(
         class_names: one per foreground class (labels 1..K).
         min_size, max_size: detectron2's test-time ResizeShortestEdge sizes.
         score_threshold: detections at or above it go into masks and overlays (``predictions.json`` has all).
-        window: ``(center, width)`` in HU for volume slices.
+        window: the HU window of volume slices and 16-bit images (and the offset of 16-bit images).
         batch_size: images (or slices) per forward pass.
 
     Returns:
@@ -242,7 +246,7 @@ def predict(
     mine = [(i, s, n) for i, (s, n) in enumerate(zip(sources, names, strict=True)) if i % world == rank]
     images = [(i, s.path, n) for i, s, n in mine if s.kind == "image"]
     for batch in _batches(images, batch_size):
-        arrays = [read_image_bgr(str(path)) for _, path, _ in batch]
+        arrays = [read_image_bgr(str(path), window) for _, path, _ in batch]
         detections_of_batch = predict_images(model, arrays, min_size, max_size)
         for (index, path, name), array, detections in zip(batch, arrays, detections_of_batch, strict=True):
             h, w = array.shape[:2]
@@ -265,11 +269,11 @@ def _predict_volume(
     writer: _Writer,
     min_size: int,
     max_size: int,
-    window: tuple[float, float],
+    window: CtWindow,
     batch_size: int,
 ) -> None:
     image = volumes.read_volume(path)
-    slices = volumes.window_to_uint8(volumes.volume_array(image), *window)
+    slices = window_to_uint8(volumes.volume_array(image), window.center, window.width)
     labels = np.zeros(slices.shape, dtype=np.uint8)
     overlay_dir = writer.out_dir / "overlays" / name
     overlay_dir.mkdir(parents=True, exist_ok=True)
@@ -292,7 +296,8 @@ def _ext(path: Path) -> str:
 def main(args: list[str] | None = None) -> None:
     given = sys.argv[1:] if args is None else args
     with user_errors_exit():
-        if not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in given):
+        asks_help = any(arg in ("-h", "--help") for arg in given)
+        if not asks_help and not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in given):
             raise ConfigError("segmentation.predict: --output_dir is required")
         cli = PredictCLI(args=args, description=__doc__)
         _predict_from_cli(cli)
@@ -314,7 +319,7 @@ def _predict_from_cli(cli: PredictCLI) -> None:
         min_size=cli.datamodule.min_size_test,
         max_size=cli.datamodule.max_size_test,
         score_threshold=config.score_threshold,
-        window=(config.window_center, config.window_width),
+        window=CtWindow(config.window_center, config.window_width, config.intensity_offset),
         batch_size=config.batch_size,
     )
     if _world_size() > 1:

@@ -43,7 +43,8 @@ from segmentation.data.coco import (
     read_json,
     valid_polygons,
 )
-from segmentation.data.mapper import SizeMismatchError, check_image_size, read_image_bgr
+from segmentation.data.images import LUNG_CT, CtWindow, grey_levels, read_image_bgr
+from segmentation.data.mapper import SizeMismatchError, check_image_size
 from segmentation.errors import UserError
 
 if TYPE_CHECKING:
@@ -55,6 +56,11 @@ EMPTY_MASK = "empty mask or area 0 (no training target; detectron2 drops the ins
 DEGENERATE_BOX = "degenerate box, width or height <= 0 (no training target; detectron2 drops the instance)"
 SHORT_POLYGON = "polygon with fewer than 3 points (dropped; an instance left without a polygon is skipped)"
 NO_ANNOTATIONS = "image without annotations (skipped in training when filter_empty_annotations is on)"
+FEW_GREY_LEVELS = (
+    "16-bit image whose values collapse to fewer than 8 grey levels after the CT window (check --data.window_center, "
+    "--data.window_width and --data.intensity_offset)"
+)
+MIN_GREY_LEVELS = 8
 
 EXAMPLES_PER_KIND = 3
 """How many examples of each tolerated kind a report keeps and prints."""
@@ -132,7 +138,12 @@ class DataError(UserError, ValueError):
 
 
 def check_split(
-    json_path: str | Path, image_root: str | Path, *, allow_outside_root: bool = False, check_images: bool = True
+    json_path: str | Path,
+    image_root: str | Path,
+    *,
+    allow_outside_root: bool = False,
+    check_images: bool = True,
+    window: CtWindow = LUNG_CT,
 ) -> DataReport:
     """Check one COCO json and its images, collecting every problem in one pass.
 
@@ -141,6 +152,7 @@ def check_split(
         image_root: the folder its ``file_name`` entries are relative to.
         allow_outside_root: accept file names that resolve outside ``image_root`` (absolute paths, ``..``).
         check_images: also open and fully decode every image (off: the json alone is checked).
+        window: how training maps 16-bit slices; a slice left with a few grey levels is reported.
 
     Returns:
         The report; ``report.ok`` is False when training must not start.
@@ -160,7 +172,9 @@ def check_split(
     except CocoFormatError as e:
         report.fatal.append(Problem(json_file, None, None, str(e)))
 
-    images, broken = _check_images(data, Path(image_root).resolve(), report, allow_outside_root, check_images)
+    images, broken = _check_images(data, Path(image_root).resolve(), report, allow_outside_root, check_images, window)
+    if report.images == 0 and not report.fatal:
+        report.fatal.append(Problem(json_file, None, None, "the json has no images: nothing to train on or evaluate"))
     annotated = _check_annotations(data, images, broken, known_categories, report)
     for image_id in images.keys() - annotated:
         report.tolerate(NO_ANNOTATIONS, Problem(json_file, image_id, None, f"image id {image_id} has no annotation"))
@@ -168,7 +182,11 @@ def check_split(
 
 
 def check_splits(
-    splits: Sequence[tuple[str, str | Path, str | Path]], *, allow_outside_root: bool = False, check_images: bool = True
+    splits: Sequence[tuple[str, str | Path, str | Path]],
+    *,
+    allow_outside_root: bool = False,
+    check_images: bool = True,
+    window: CtWindow = LUNG_CT,
 ) -> list[DataReport]:
     """Check ``(name, json, image_root)`` splits; a split whose categories differ from the first split's is fatal.
 
@@ -176,7 +194,9 @@ def check_splits(
     """
     reports = []
     for name, json_path, image_root in splits:
-        report = check_split(json_path, image_root, allow_outside_root=allow_outside_root, check_images=check_images)
+        report = check_split(
+            json_path, image_root, allow_outside_root=allow_outside_root, check_images=check_images, window=window
+        )
         report.split = name
         first = reports[0].categories if reports else report.categories
         if report.categories and first and report.categories != first:
@@ -205,7 +225,9 @@ def check_datamodule_splits(datamodule: CocoDataModule, *, check_images: bool = 
         for name in ("train", "val", "test")
         if getattr(datamodule, f"{name}_json") is not None
     ]
-    reports = check_splits(splits, allow_outside_root=datamodule.allow_outside_root, check_images=check_images)
+    reports = check_splits(
+        splits, allow_outside_root=datamodule.allow_outside_root, check_images=check_images, window=datamodule.window
+    )
     if not all(r.ok for r in reports):
         raise DataError(reports)
     for report in reports:
@@ -232,7 +254,12 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _check_images(
-    data: dict[str, Any], root: Path, report: DataReport, allow_outside_root: bool, check_images: bool
+    data: dict[str, Any],
+    root: Path,
+    report: DataReport,
+    allow_outside_root: bool,
+    check_images: bool,
+    window: CtWindow,
 ) -> tuple[dict[int, ImageRecord], set[int]]:
     """Every ``images`` entry, and its file unless ``check_images`` is off.
 
@@ -261,6 +288,9 @@ def _check_images(
             problem = _check_image_file(image)
             if problem is not None:
                 report.fatal.append(problem)
+            elif (levels := grey_levels(image.file_name, window)) and levels[1] < min(levels[0], MIN_GREY_LEVELS):
+                message = f"image id {image.image_id}: {levels[0]} stored values map to {levels[1]} grey levels"
+                report.tolerate(FEW_GREY_LEVELS, Problem(image.file_name, image.image_id, None, message))
     return images, broken
 
 

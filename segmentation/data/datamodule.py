@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segmentation.data.coco import Category, CocoFormatError, CocoSplit, ImageRecord, load_coco_json, read_categories
+from segmentation.data.images import LUNG_CT, CtWindow
 from segmentation.data.mapper import map_for_inference, map_for_training
 from segmentation.errors import ConfigError
 
@@ -47,6 +48,7 @@ class CocoInstanceDataset(Dataset):
         min_size: int,
         max_size: int,
         with_targets: bool = False,
+        window: CtWindow = LUNG_CT,
     ) -> None:
         """Args:
         images: the records to serve, in index order.
@@ -54,6 +56,7 @@ class CocoInstanceDataset(Dataset):
         training: build training targets (``map_for_training``) instead of inference info.
         min_size, max_size: detectron2's ResizeShortestEdge sizes.
         with_targets: in inference mode, also put the training target in ``info["target"]`` (validation loss).
+        window: how 16-bit slices are windowed.
         """
         self.images = list(images)
         self.categories = list(categories)
@@ -61,6 +64,7 @@ class CocoInstanceDataset(Dataset):
         self.min_size = min_size
         self.max_size = max_size
         self.with_targets = with_targets
+        self.window = window
 
     def __len__(self) -> int:
         return len(self.images)
@@ -68,8 +72,9 @@ class CocoInstanceDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.images[index]
         if self.training:
-            return map_for_training(record, self.min_size, self.max_size, self.categories)
-        return map_for_inference(record, self.min_size, self.max_size, self.categories if self.with_targets else None)
+            return map_for_training(record, self.min_size, self.max_size, self.categories, self.window)
+        categories = self.categories if self.with_targets else None
+        return map_for_inference(record, self.min_size, self.max_size, categories, self.window)
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
@@ -203,6 +208,9 @@ class CocoDataModule(pl.LightningDataModule):
         aspect_ratio_grouping: bool = True,
         seed: int = 0,
         allow_outside_root: bool = False,
+        window_center: float = LUNG_CT.center,
+        window_width: float = LUNG_CT.width,
+        intensity_offset: float = LUNG_CT.intensity_offset,
     ) -> None:
         """Args:
         train_json, train_images: training json and the folder its file names are relative to.
@@ -217,6 +225,8 @@ class CocoDataModule(pl.LightningDataModule):
         aspect_ratio_grouping: never mix landscape and portrait images in a batch (DATALOADER.ASPECT_RATIO_GROUPING).
         seed: seed of the training permutation stream (the same on every rank).
         allow_outside_root: accept json file names that resolve outside their image folder.
+        window_center, window_width: the HU window of 16-bit (and 32-bit) slices; 8-bit images are read as they are.
+        intensity_offset: 16-bit slices store HU + this value (1024 in the usual CT export).
         """
         super().__init__()
         for name, json_path, images in (
@@ -237,6 +247,7 @@ class CocoDataModule(pl.LightningDataModule):
         self.aspect_ratio_grouping = aspect_ratio_grouping
         self.seed = seed
         self.allow_outside_root = allow_outside_root
+        self.window = CtWindow(window_center, window_width, intensity_offset)
         self._categories: list[Category] | None = None
         self._splits: dict[str, CocoSplit] = {}
         self._train_batches_consumed = 0
@@ -313,7 +324,12 @@ class CocoDataModule(pl.LightningDataModule):
         split = self.train_split
         images = filter_images_without_annotations(split.images) if self.filter_empty_annotations else split.images
         dataset = CocoInstanceDataset(
-            images, split.categories, training=True, min_size=self.min_size_train, max_size=self.max_size_train
+            images,
+            split.categories,
+            training=True,
+            min_size=self.min_size_train,
+            max_size=self.max_size_train,
+            window=self.window,
         )
         rank, world_size = self._rank_world()
         sampler = GroupedBatchSampler(
@@ -335,6 +351,7 @@ class CocoDataModule(pl.LightningDataModule):
             min_size=self.min_size_test,
             max_size=self.max_size_test,
             with_targets=True,
+            window=self.window,
         )
         rank, world_size = self._rank_world()
         sampler = InferenceSampler(len(dataset), rank=rank, world_size=world_size)

@@ -19,55 +19,12 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from segmentation.data.coco import Category, ImageRecord, decode_mask
+from segmentation.data.images import LUNG_CT, CtWindow, read_image_bgr
 from segmentation.errors import UserError
-
-_EXIF_ORIENTATION = 0x0112
-_EXIF_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 class SizeMismatchError(UserError, ValueError):
     """The decoded image (after EXIF orientation) does not have the size its json record declares."""
-
-
-def read_image_bgr(path: str) -> np.ndarray:
-    """Decode an image file to uint8 ``(H, W, 3)`` BGR, bit-identical to detectron2's ``read_image(path, "BGR")``.
-
-    The EXIF orientation is applied first (as detectron2's ``_apply_exif_orientation``), then the image is
-    converted to RGB by PIL and the channels are flipped. Grayscale ("L"), palette ("P"), RGBA/LA (alpha dropped,
-    not composited) and the other 8-bit modes therefore give exactly detectron2's array.
-
-    16-bit images ("I;16*", and 32-bit "I" as PIL opens some 16-bit files) are the one deliberate difference:
-    PIL's plain ``convert("RGB")``, which detectron2 uses, clips every value above 255 to white, which destroys a
-    16-bit CT slice. Here the value range 0..65535 is mapped to 0..255 by ``round(v / 257)`` (values outside that
-    range, possible only in mode "I", are clipped first), and the gray value is repeated in the three channels.
-    """
-    with Image.open(path) as image:
-        image = _apply_exif_orientation(image)
-        if image.mode in _SIXTEEN_BIT_MODES:
-            values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
-            gray = np.rint(values / 257.0).astype(np.uint8)
-            return np.repeat(gray[:, :, None], 3, axis=2)
-        rgb = np.asarray(image.convert("RGB"))
-    return np.ascontiguousarray(rgb[:, :, ::-1])
-
-
-def _apply_exif_orientation(image: Image.Image) -> Image.Image:
-    """Rotate/flip as the EXIF orientation tag says; an unreadable EXIF block is ignored, as detectron2 does."""
-    try:
-        exif = image.getexif()
-    except Exception:  # detectron2 issue 1885: some files carry EXIF that PIL cannot parse
-        return image
-    method = _EXIF_TRANSPOSE.get(exif.get(_EXIF_ORIENTATION))
-    return image.transpose(method) if method is not None else image
 
 
 def check_image_size(record: ImageRecord, image: np.ndarray) -> None:
@@ -112,8 +69,8 @@ def resize_shortest_edge(image: np.ndarray, min_size: int, max_size: int) -> np.
     return _resize_uint8(image, new_h, new_w, Image.Resampling.BILINEAR)
 
 
-def _load_resized(record: ImageRecord, min_size: int, max_size: int) -> np.ndarray:
-    image = read_image_bgr(record.file_name)
+def _load_resized(record: ImageRecord, min_size: int, max_size: int, window: CtWindow) -> np.ndarray:
+    image = read_image_bgr(record.file_name, window)
     check_image_size(record, image)
     return resize_shortest_edge(image, min_size, max_size)
 
@@ -123,7 +80,11 @@ def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def map_for_inference(
-    record: ImageRecord, min_size: int, max_size: int, categories: Sequence[Category] | None = None
+    record: ImageRecord,
+    min_size: int,
+    max_size: int,
+    categories: Sequence[Category] | None = None,
+    window: CtWindow = LUNG_CT,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """detectron2's test-time mapper: the resized uint8 ``(3, H, W)`` BGR image and the original-size info.
 
@@ -132,12 +93,13 @@ def map_for_inference(
         min_size, max_size: ResizeShortestEdge sizes.
         categories: when given, ``info["target"]`` also holds the training target of the same resized image, so an
             evaluation can report the validation loss next to AP without decoding the image twice.
+        window: how 16-bit slices are windowed (8-bit images are read as they are).
 
     Returns:
         ``(image, info)`` with ``info = {"image_id", "height", "width", "file_name"}``; height/width are the json's
         (original) size, to which the model rescales its outputs.
     """
-    image = _load_resized(record, min_size, max_size)
+    image = _load_resized(record, min_size, max_size, window)
     info = {"image_id": record.image_id, "height": record.height, "width": record.width, "file_name": record.file_name}
     if categories is not None:
         info["target"] = _training_target(record, image.shape[0], image.shape[1], categories)
@@ -145,7 +107,11 @@ def map_for_inference(
 
 
 def map_for_training(
-    record: ImageRecord, min_size: int, max_size: int, categories: Sequence[Category]
+    record: ImageRecord,
+    min_size: int,
+    max_size: int,
+    categories: Sequence[Category],
+    window: CtWindow = LUNG_CT,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """detectron2's training mapper (``DatasetMapper(is_train=True)``, bitmask format, no flip, no crop).
 
@@ -158,12 +124,13 @@ def map_for_training(
         record: the image record.
         min_size, max_size: ResizeShortestEdge sizes.
         categories: the split's categories; a json category id trains as its ``label`` (contiguous index + 1).
+        window: how 16-bit slices are windowed.
 
     Returns:
         ``(image, target)``: image uint8 ``(3, H, W)`` BGR; target ``boxes`` float32 ``(N, 4)`` xyxy in resized
         pixels, ``labels`` int64 ``(N,)``, ``masks`` uint8 ``(N, H, W)``, ``image_id`` int. ``N`` may be 0.
     """
-    image = _load_resized(record, min_size, max_size)
+    image = _load_resized(record, min_size, max_size, window)
     return _to_chw_tensor(image), _training_target(record, image.shape[0], image.shape[1], categories)
 
 

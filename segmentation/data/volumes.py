@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 VOLUME_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr")
-LUNG_WINDOW = (-600.0, 1500.0)  # (center, width) in HU
 
 
 def sitk() -> Any:
@@ -79,18 +78,6 @@ def read_volume(path: str | Path) -> Any:
 def volume_array(image: Any) -> np.ndarray:
     """The voxels as a ``(z, y, x)`` numpy array (a copy)."""
     return sitk().GetArrayFromImage(image)
-
-
-def window_to_uint8(values: np.ndarray, center: float = LUNG_WINDOW[0], width: float = LUNG_WINDOW[1]) -> np.ndarray:
-    """Map ``[center - width/2, center + width/2]`` linearly onto 0..255 (round half to even), clipping outside.
-
-    The default is the lung window (center -600 HU, width 1500 HU).
-    """
-    if width <= 0:
-        raise ValueError(f"window width must be positive, got {width}")
-    low = center - width / 2.0
-    scaled = (values.astype(np.float32) - np.float32(low)) * np.float32(255.0 / width)
-    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
 
 
 def mask_volume_path(out_dir: str | Path, source: str | Path) -> Path:

@@ -34,8 +34,9 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from segmentation.data import rle
+from segmentation.data.images import LUNG_WINDOW, window_to_uint8
 from segmentation.data.phantom import JPEG_QUALITY
-from segmentation.data.volumes import LUNG_WINDOW, read_volume, sitk, volume_array, volume_name, window_to_uint8
+from segmentation.data.volumes import read_volume, sitk, volume_array, volume_name
 
 AXES = {"z": 0, "y": 1, "x": 2}  # axis of SimpleITK's (z, y, x) array
 GEOMETRY_TOLERANCE = 1e-4  # mm for spacing and origin, cosine for direction

@@ -13,12 +13,12 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from segmentation.data.coco import Category, ImageRecord, load_coco_json
+from segmentation.data.images import read_image_bgr
 from segmentation.data.mapper import (
     SizeMismatchError,
     check_image_size,
     map_for_inference,
     map_for_training,
-    read_image_bgr,
     resized_shape,
 )
 
@@ -65,18 +65,6 @@ def test_grayscale_palette_and_rgba_images_load_as_detectron2_bgr(tmp_path: Path
     for name in ("gray", "rgba", "palette"):
         image = read_image_bgr(str(tmp_path / f"{name}.png"))
         assert image.dtype == np.uint8 and image.shape == (5, 7, 3) and image.flags.c_contiguous
-
-
-def test_sixteen_bit_images_scale_their_full_range_to_8_bit(tmp_path: Path):
-    values = np.array([[0, 257, 25700, 65535], [128, 129, 1000, 40000]], dtype=np.uint16)
-    Image.fromarray(values).save(tmp_path / "ct16.png")
-    Image.fromarray(values.astype(np.int32)).save(tmp_path / "ct32.tif")  # PIL mode "I"
-
-    expected = np.rint(values / 257.0).astype(np.uint8)  # 0, 1, 100, 255 / 0, 1, 4, 156
-    for name in ("ct16.png", "ct32.tif"):
-        image = read_image_bgr(str(tmp_path / name))
-        assert image.shape == (2, 4, 3)
-        assert np.array_equal(image, np.repeat(expected[:, :, None], 3, axis=2)), name
 
 
 def test_exif_orientation_is_applied_before_the_size_check(tmp_path: Path):

@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk  # the volumes extra, part of dev
 
 from segmentation.data import volumes
+from segmentation.data.images import window_to_uint8
 
 
 def make_volume(values: np.ndarray) -> sitk.Image:
@@ -21,13 +22,13 @@ def make_volume(values: np.ndarray) -> sitk.Image:
 
 def test_lung_window_maps_its_ends_to_0_and_255_and_clips_outside() -> None:
     hu = np.array([-2000, -1350, -600, 150, 3000], dtype=np.int16)
-    assert volumes.window_to_uint8(hu).tolist() == [0, 0, 128, 255, 255]
-    assert volumes.window_to_uint8(np.array([0.0, 50.0, 100.0]), center=50, width=100).tolist() == [0, 128, 255]
+    assert window_to_uint8(hu).tolist() == [0, 0, 128, 255, 255]
+    assert window_to_uint8(np.array([0.0, 50.0, 100.0]), center=50, width=100).tolist() == [0, 128, 255]
 
 
 def test_window_width_must_be_positive() -> None:
     with pytest.raises(ValueError, match="width"):
-        volumes.window_to_uint8(np.zeros(3), width=0)
+        window_to_uint8(np.zeros(3), width=0)
 
 
 @pytest.mark.parametrize("suffix", [".mhd", ".nii.gz", ".nii", ".mha"])

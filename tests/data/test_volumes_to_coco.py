@@ -14,7 +14,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from segmentation.data.coco import decode_mask, load_coco_json
-from segmentation.data.volumes import window_to_uint8
+from segmentation.data.images import window_to_uint8
 from segmentation.data.volumes_to_coco import convert_volumes, main, parse_categories, split_volumes
 
 sitk = pytest.importorskip("SimpleITK")
