@@ -1,4 +1,4 @@
-"""A run stopped by SIGTERM or killed outright resumes with ``--ckpt_path last`` into the uninterrupted run exactly.
+"""A run stopped by SIGTERM or Ctrl-C, or killed, resumes with ``--ckpt_path last`` into the uninterrupted run exactly.
 
 Each run is a real ``python -m segmentation.fit`` process on the CPU (one thread, so float reductions happen in the
 same order), training the quickstart model on a tiny phantom with a checkpoint every 2 steps. A fresh rerun would
@@ -105,9 +105,13 @@ def assert_same_run(resumed, uninterrupted):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_sigterm_saves_a_checkpoint_and_the_resumed_run_equals_the_uninterrupted_one(phantom, uninterrupted, tmp_path):
-    code, output = start_and_stop(fit_command(phantom, tmp_path), tmp_path, signal.SIGTERM)
-    assert code != 0 and "resume with --ckpt_path last" in output and "Traceback" not in output
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_saves_a_checkpoint_and_the_resumed_run_equals_the_uninterrupted_one(
+    phantom, uninterrupted, tmp_path, sig
+):
+    code, output = start_and_stop(fit_command(phantom, tmp_path), tmp_path, sig)
+    assert code == 1, output  # a clean exit with a message, not death by the signal
+    assert "resume with --ckpt_path last" in output and "Traceback" not in output
     resume_and_check(phantom, tmp_path, uninterrupted)
 
 
