@@ -49,3 +49,22 @@ def test_16_mixed_on_a_cpu_trains_in_fp32_with_a_warning(phantom, tmp_path):
     assert lines and all("grad_scaler/skipped_steps" not in line for line in lines)  # written only under fp16
     weights = torch.load(tmp_path / "model_final.pth", weights_only=True)
     assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+
+
+def test_an_unreadable_training_image_stops_the_fit_before_the_first_step(phantom, tmp_path, capsys):
+    """The loader would only meet the bad file mid-training: the check before the fit must name it first."""
+    train = json.loads(phantom["train_json"].read_text())
+    bad_name = train["images"][-1]["file_name"]
+    images = tmp_path / "train"
+    images.mkdir()
+    for image in train["images"]:
+        source = phantom["train_images"] / image["file_name"]
+        (images / image["file_name"]).write_bytes(
+            b"not an image" if image["file_name"] == bad_name else source.read_bytes()
+        )
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_fit({**phantom, "train_images": images}, tmp_path / "run", "--trainer.max_steps=2"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert bad_name in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "metrics.json").exists()
