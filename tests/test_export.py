@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime  # noqa: F401  (the dev extra installs it: a missing runtime must fail, not skip)
 import pytest
 import torch
 
@@ -10,8 +11,6 @@ from segmentation import export
 from segmentation.model import poolers, postprocess
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
-
-pytest.importorskip("onnxruntime")
 
 TINY_ARCH = MaskRCNNConfig(
     num_classes=2,

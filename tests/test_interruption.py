@@ -1,7 +1,10 @@
-"""A run stopped by SIGTERM or killed outright resumes with ``--ckpt_path last`` into the uninterrupted run exactly.
+"""A run stopped by SIGTERM or Ctrl-C, or killed, resumes with ``--ckpt_path last`` into the uninterrupted run exactly.
 
 Each run is a real ``python -m segmentation.fit`` process on the CPU (one thread, so float reductions happen in the
-same order), training the quickstart model on a tiny phantom with a checkpoint every 2 steps.
+same order), training the quickstart model on a tiny phantom with a checkpoint every 2 steps. A fresh rerun would
+also equal the uninterrupted run, so each test also proves that the second process restored the saved step: the
+checkpoint's step lies strictly inside the run and the metrics lines written before it stay on disk untouched (their
+``time`` values, wall-clock medians, differ between processes).
 """
 
 import json
@@ -18,6 +21,7 @@ import torch
 from segmentation.data.phantom import make_phantom
 
 STEPS = 16
+KILL_SEED = 12  # the kill point is random but reproducible
 LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc", "lr")
 
 
@@ -44,9 +48,9 @@ def run(command):
 
 
 def start_and_stop(command, output_dir, sig):
-    """Start a run, wait until a random step past the first checkpoint, then send ``sig``."""
+    """Start a run, wait until a seeded random step past the first checkpoint, then send ``sig``."""
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    metrics, target = output_dir / "metrics.json", random.randint(3, STEPS - 4)
+    metrics, target = output_dir / "metrics.json", random.Random(KILL_SEED + sig).randint(3, STEPS - 4)
     while process.poll() is None:
         lines = metrics.read_text().splitlines() if metrics.exists() else []
         if lines and json.loads(lines[-1])["iteration"] >= target:
@@ -56,6 +60,29 @@ def start_and_stop(command, output_dir, sig):
     process.send_signal(sig)
     output = process.communicate(timeout=120)[0].decode()
     return process.returncode, output
+
+
+def saved_step(output_dir):
+    """The step ``last.ckpt`` holds, read as plain containers (checkpoints load with ``weights_only=True``)."""
+    step = torch.load(output_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    assert 0 < step < STEPS, f"the checkpoint holds step {step}, not one inside the run"
+    return step
+
+
+def lines_before(output_dir, step):
+    """The training lines written up to ``step``, as text (a line names the 0-based iteration just finished)."""
+    lines = (output_dir / "metrics.json").read_text().splitlines()
+    return [line for line in lines if json.loads(line)["iteration"] + 1 <= step]
+
+
+def resume_and_check(phantom, output_dir, uninterrupted):
+    """Resume with ``--ckpt_path last``; the lines before the saved step must be the very lines already on disk."""
+    step = saved_step(output_dir)
+    before = lines_before(output_dir, step)
+    assert before, "no metrics line was written before the checkpoint"
+    run(fit_command(phantom, output_dir, "--ckpt_path=last"))
+    assert lines_before(output_dir, step) == before, "the resumed process rewrote lines before the saved step"
+    assert_same_run(output_dir, uninterrupted)
 
 
 def training_lines(output_dir):
@@ -78,16 +105,17 @@ def assert_same_run(resumed, uninterrupted):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_sigterm_saves_a_checkpoint_and_the_resumed_run_equals_the_uninterrupted_one(phantom, uninterrupted, tmp_path):
-    code, output = start_and_stop(fit_command(phantom, tmp_path), tmp_path, signal.SIGTERM)
-    assert code != 0 and "resume with --ckpt_path last" in output and "Traceback" not in output
-    stopped_at = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["global_step"]
-    assert 0 < stopped_at < STEPS
-    run(fit_command(phantom, tmp_path, "--ckpt_path=last"))
-    assert_same_run(tmp_path, uninterrupted)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_saves_a_checkpoint_and_the_resumed_run_equals_the_uninterrupted_one(
+    phantom, uninterrupted, tmp_path, sig
+):
+    code, output = start_and_stop(fit_command(phantom, tmp_path), tmp_path, sig)
+    assert code == 1, output  # a clean exit with a message, not death by the signal
+    assert "resume with --ckpt_path last" in output and "Traceback" not in output
+    resume_and_check(phantom, tmp_path, uninterrupted)
 
 
 def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(phantom, uninterrupted, tmp_path):
-    start_and_stop(fit_command(phantom, tmp_path), tmp_path, signal.SIGKILL)
-    run(fit_command(phantom, tmp_path, "--ckpt_path=last"))
-    assert_same_run(tmp_path, uninterrupted)
+    code, _ = start_and_stop(fit_command(phantom, tmp_path), tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    resume_and_check(phantom, tmp_path, uninterrupted)

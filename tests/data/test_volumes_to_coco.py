@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from PIL import Image
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
@@ -16,8 +17,6 @@ from pycocotools.coco import COCO
 from segmentation.data.coco import decode_mask, load_coco_json
 from segmentation.data.images import window_to_uint8
 from segmentation.data.volumes_to_coco import convert_volumes, main, parse_categories, split_volumes
-
-sitk = pytest.importorskip("SimpleITK")
 
 SHAPE = (6, 32, 40)  # (z, y, x): 6 slices of 32 rows x 40 columns
 

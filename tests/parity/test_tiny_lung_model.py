@@ -36,6 +36,15 @@ TINY_LUNG = MaskRCNNConfig(
 )
 SIZE = 512
 FEATURE_NAMES = {"p2": "0", "p3": "1", "p4": "2", "p5": "3", "p6": "pool"}
+# detectron2 against itself, 1 vs 2 threads (../shared/parity/tolerances.json): features 6.3e-6 x level std, proposal
+# logits 6.7e-6, boxes 9.2e-5 px, scores 1.8e-6, losses 2.6e-7 relative; masks and AP identical.
+FEATURE_TOL = 1e-5  # x level std
+BOX_TOL = 1e-3  # px
+SCORE_TOL = 1e-5
+LOSS_TOL = 1e-5  # relative
+# Looser than detectron2 against itself (6.7e-6): we observe 1.5e-5 on logits near -10, i.e. 16 float32 steps of
+# 9.5e-7, from a different summation order in the RPN head's convolutions; scores after the sigmoid stay within 1e-5.
+LOGIT_TOL = 3e-5
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -77,11 +86,11 @@ def test_fpn_features_match_detectron2(model: MaskRCNN, expected: Path) -> None:
         std = float(ref[f"{level}_std"])
         assert list(ours.shape) == list(ref[f"{level}_shape"])
         c, y, x = ref[f"{level}_pos"].T
-        assert np.abs(ours[c, y, x] - ref[f"{level}_vals"]).max() <= 1e-4 * std, level
-        assert abs(ours.mean() - float(ref[f"{level}_mean"])) <= 1e-4 * std, level
-        assert abs(ours.std() - std) <= 1e-4 * std, level
+        assert np.abs(ours[c, y, x] - ref[f"{level}_vals"]).max() <= FEATURE_TOL * std, level
+        assert abs(ours.mean() - float(ref[f"{level}_mean"])) <= FEATURE_TOL * std, level
+        assert abs(ours.std() - std) <= FEATURE_TOL * std, level
         if level in ("p4", "p5", "p6"):
-            assert np.abs(ours - ref[level]).max() <= 1e-4 * std, level
+            assert np.abs(ours - ref[level]).max() <= FEATURE_TOL * std, level
 
 
 @pytest.mark.parametrize("i", [0, 1, 2])
@@ -97,20 +106,33 @@ def test_proposals_match_detectron2_as_sets(model: MaskRCNN, expected: Path, i: 
     assert ours.shape == theirs.shape
     # Each reference proposal has one of ours within 1e-3 px on every coordinate, and vice versa.
     dist = np.abs(ours[:, None, :] - theirs[None, :, :]).max(axis=2)
-    assert dist.min(axis=0).max() <= 1e-3
-    assert dist.min(axis=1).max() <= 1e-3
-    assert np.abs(np.sort(logits[0].numpy()) - np.sort(ref[f"logits_{i}"])).max() <= 1e-3
+    assert dist.min(axis=0).max() <= BOX_TOL
+    assert dist.min(axis=1).max() <= BOX_TOL
+    assert np.abs(np.sort(logits[0].numpy()) - np.sort(ref[f"logits_{i}"])).max() <= LOGIT_TOL
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
+def _match_one_to_one(ours: dict[str, torch.Tensor], theirs: list[dict]) -> None:
+    """Pair every detectron2 detection with its own detection of ours: same class, box within ``BOX_TOL`` px on every
+    coordinate (xywh, original pixels), score within ``SCORE_TOL``, identical mask; each of ours is used once."""
+    unused = set(range(len(ours["scores"])))
+    for det in theirs:
+        ref_mask = mask_util.decode(det["segmentation"]).astype(bool)
+        for k in sorted(unused):
+            x0, y0, x1, y1 = ours["boxes"][k].tolist()
+            box_error = np.abs(np.array([x0, y0, x1 - x0, y1 - y0]) - np.array(det["bbox"])).max()
+            if (
+                int(ours["labels"][k]) == det["category_id"]
+                and box_error <= BOX_TOL
+                and abs(float(ours["scores"][k]) - det["score"]) <= SCORE_TOL
+                and np.array_equal(ours["masks"][k].numpy(), ref_mask)
+            ):
+                unused.remove(k)
+                break
+        else:
+            raise AssertionError(f"no detection of ours matches detectron2's {det['bbox']} score {det['score']}")
 
 
-def test_predictions_match_detectron2(model: MaskRCNN, parity_dir: Path, expected: Path) -> None:
+def test_predictions_match_detectron2_one_to_one(model: MaskRCNN, parity_dir: Path, expected: Path) -> None:
     dataset = parity_dir / "tiny_lung" / "dataset"
     split = load_coco_json(dataset / "coco_val_lung.json", dataset / "val")
     reference = json.loads((expected / "predictions.json").read_text())
@@ -121,21 +143,7 @@ def test_predictions_match_detectron2(model: MaskRCNN, parity_dir: Path, expecte
             (ours,) = model([image], output_sizes=[(info["height"], info["width"])])
         theirs = [r for r in reference if r["image_id"] == info["image_id"] and r["score"] >= 0.05]
         assert int((ours["scores"] >= 0.05).sum()) == len(theirs), record.file_name
-        for det in theirs:
-            x, y, w, h = det["bbox"]
-            ref_box = np.array([x, y, x + w, y + h])
-            ref_mask = mask_util.decode(det["segmentation"]).astype(bool)
-            candidates = [
-                k
-                for k in range(len(ours["scores"]))
-                if int(ours["labels"][k]) == det["category_id"]
-                and _box_iou(ours["boxes"][k].numpy(), ref_box) >= 0.99
-                and abs(float(ours["scores"][k]) - det["score"]) <= 1e-3
-            ]
-            assert candidates, (record.file_name, det["bbox"], det["score"])
-            mask = ours["masks"][candidates[0]].numpy()
-            mask_iou = (mask & ref_mask).sum() / max((mask | ref_mask).sum(), 1)
-            assert mask_iou >= 0.98, (record.file_name, mask_iou)
+        _match_one_to_one(ours, theirs)
 
 
 @pytest.mark.parametrize("batch", ["batch_A", "batch_B"])
@@ -156,6 +164,6 @@ def test_training_losses_match_detectron2(parity_dir: Path, expected: Path, batc
     with torch.no_grad():
         out = model(images, targets)
     for key, value in reference["losses"].items():
-        assert float(out[key]) == pytest.approx(value, rel=1e-3), key
+        assert float(out[key]) == pytest.approx(value, rel=LOSS_TOL), key
     for key, value in reference["event_storage_scalars"].items():
-        assert float(out[key]) == pytest.approx(value, rel=1e-3), key
+        assert float(out[key]) == pytest.approx(value, rel=LOSS_TOL), key

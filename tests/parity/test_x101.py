@@ -20,6 +20,8 @@ pytestmark = pytest.mark.parity
 
 X101 = MaskRCNNConfig(num_classes=80, depth=101, num_groups=32, width_per_group=8, pixel_std=(57.375, 57.12, 58.395))
 FEATURE_NAMES = ["0", "1", "2", "3", "pool"]
+# detectron2 against itself, 1 vs 2 threads, agrees to 6.3e-6 of each level's std (../shared/parity/tolerances.json).
+FEATURE_TOL = 1e-5
 
 
 def _make_weights(x101_dir: Path, out: Path) -> None:
@@ -35,9 +37,9 @@ def _close(name: str, ours: np.ndarray, ref: np.lib.npyio.NpzFile) -> None:
     std = float(ref[f"{name}_std"])
     assert list(ours.shape) == list(ref[f"{name}_shape"]), name
     c, y, x = ref[f"{name}_pos"].T
-    assert np.abs(ours[c, y, x] - ref[f"{name}_vals"]).max() <= 1e-4 * std, name
-    assert abs(float(ours.mean(dtype=np.float64)) - float(ref[f"{name}_mean"])) <= 1e-4 * std, name
-    assert abs(float(ours.std(dtype=np.float64)) - std) <= 1e-4 * std, name
+    assert np.abs(ours[c, y, x] - ref[f"{name}_vals"]).max() <= FEATURE_TOL * std, name
+    assert abs(float(ours.mean(dtype=np.float64)) - float(ref[f"{name}_mean"])) <= FEATURE_TOL * std, name
+    assert abs(float(ours.std(dtype=np.float64)) - std) <= FEATURE_TOL * std, name
 
 
 def test_x101_fpn_and_rpn_head_match_detectron2(parity_dir: Path, tmp_path: Path) -> None:
