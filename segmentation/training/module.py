@@ -16,13 +16,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
+from segmentation.checkpoints.files import resolve
+from segmentation.checkpoints.loading import load_weights
 from segmentation.data.rle import write_json_atomic
 from segmentation.errors import ConfigError
 from segmentation.evaluation.coco_evaluator import TASKS, CocoEvaluation, CocoEvaluator
 from segmentation.evaluation.tables import copypaste_lines, format_task_report
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
-from segmentation.model.weights import load_weights, resolve
 from segmentation.training.schedule import warmup_multistep_factor
 
 
@@ -80,6 +81,7 @@ class MaskRCNNModule(pl.LightningModule):
         self._loss_sums: dict[str, torch.Tensor] = {}  # per split: [sum of batch losses, number of batches]
         self._weights_loaded = weights is None and backbone_weights is None
         self._rng_to_restore: dict[str, Any] | None = None
+        self._resolved: dict[str, Path] = {}  # initial weights prepare_data found, by source
         self.results_dir: Path | None = None  # where evaluation writes predictions.json and eval.json, if set
 
     # ---- setup ---------------------------------------------------------------------------------------------
@@ -88,7 +90,7 @@ class MaskRCNNModule(pl.LightningModule):
         """Download the initial weights once per node (rank 0), before every rank loads them in ``setup``."""
         for source in (self.hparams.backbone_weights, self.hparams.weights):
             if source is not None:
-                resolve(source)
+                self._resolved[source] = resolve(source)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -113,7 +115,8 @@ class MaskRCNNModule(pl.LightningModule):
         for source, backbone_only in ((self.hparams.backbone_weights, True), (self.hparams.weights, False)):
             if source is None:
                 continue
-            report = load_weights(self.model, source, backbone_only=backbone_only)
+            # prepare_data resolved (and checked) it on this process already; other ranks resolve here
+            report = load_weights(self.model, self._resolved.get(source, source), backbone_only=backbone_only)
             rank_zero_info(f"Loaded {len(report.loaded)} tensors from {source}")
             for name in report.skipped:
                 rank_zero_info(f"Not loaded (class count differs, fresh init kept): {name}")
