@@ -7,6 +7,7 @@ volumes), or ``H x W x 3`` RGB (``channel_order="BGR"`` for OpenCV arrays).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,20 @@ class Predictor:
         keep = detections["scores"] >= score_threshold
         kept = {k: detections[k][keep] for k in ("boxes", "scores", "labels", "masks")}
         return draw_overlay(rgb, kept["boxes"], kept["scores"], kept["labels"], kept["masks"], self.class_names)
+
+
+def train(
+    config: str | Path, overrides: Sequence[str] | dict[str, Any] | None = None, *, output_dir: str | Path
+) -> tuple[Path, dict[str, Any]]:
+    """Run what ``python -m segmentation.fit --config CONFIG ...`` runs; return the run directory and final metrics.
+
+    ``overrides`` are CLI-style strings (``["--trainer.max_steps=2"]``) or a dict (``{"trainer.max_steps": 2}``).
+    The final metrics are the last line of the run's ``metrics.json``.
+    """
+    from segmentation import fit
+
+    if isinstance(overrides, dict):
+        overrides = [f"--{key}={value}" for key, value in overrides.items()]
+    fit.main(["--config", str(config), *(overrides or []), "--output_dir", str(output_dir)])
+    lines = (Path(output_dir) / "metrics.json").read_text().splitlines()
+    return Path(output_dir), json.loads(lines[-1]) if lines else {}

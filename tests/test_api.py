@@ -76,3 +76,21 @@ def test_unknown_runtime_is_a_clear_error(files: Path) -> None:
 
     with pytest.raises(UserError, match="runtime 'tensorrt' is not available"):
         Predictor(files / "last.ckpt", runtime="tensorrt")
+
+
+def test_train_runs_fit_from_a_config_and_dict_overrides(tmp_path: Path, caplog) -> None:
+    from segmentation import train
+    from segmentation.data.phantom import make_phantom
+
+    data = make_phantom(tmp_path / "phantom", n_train=1, n_val=1, n_test=1, slices_per_volume=4, size=128)
+    sizes = {f"data.{k}": 128 for k in ("min_size_train", "max_size_train", "min_size_test", "max_size_test")}
+    overrides = {**{f"data.{k}": v for k, v in data.items()}, **sizes, "data.num_workers": 0, "trainer.max_steps": 2}
+    run_dir, final = train("configs/quickstart.yaml", overrides, output_dir=tmp_path / "run")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert final["iteration"] == 2
+    assert "`weights_only` was not set" not in caplog.text  # every checkpoint save and load says what it does
+    from segmentation import Predictor
+
+    predictor = Predictor(run_dir / "checkpoints" / "last.ckpt", min_size=128, max_size=128)
+    categories = json.loads(Path(data["val_json"]).read_text())["categories"]
+    assert predictor.class_names == [c["name"] for c in categories]  # recorded by fit, read back without a config

@@ -71,8 +71,8 @@ class MaskRCNNModule(pl.LightningModule):
             arch = MaskRCNNConfig(**arch)
         self.arch = arch or MaskRCNNConfig()
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters({"arch": dataclasses.asdict(self.arch)})
         self.save_hyperparameters(ignore=["arch"])
+        self.hparams["arch"] = dataclasses.asdict(self.arch)  # recorded in every .ckpt: load_trained needs no config
         self.model = build_mask_rcnn(self.arch)
         self.category_names: list[str] = []
         self.last_evaluation: dict[str, float] = {}
