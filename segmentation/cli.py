@@ -22,6 +22,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
+from segmentation.checkpoints.io import SafeCheckpointIO
 from segmentation.data.datamodule import CocoDataModule
 from segmentation.errors import ConfigError
 from segmentation.model.detectron2_config import (
@@ -30,8 +31,6 @@ from segmentation.model.detectron2_config import (
     from_detectron2_config,
     is_detectron2_config,
 )
-from segmentation.model.mask_rcnn import MaskRCNN
-from segmentation.model.weights import load_weights
 from segmentation.training.interruption import SaveOnInterrupt
 from segmentation.training.metrics_json import MetricsJsonWriter
 from segmentation.training.module import MaskRCNNModule
@@ -106,6 +105,8 @@ class SegmentationCLI(LightningCLI):
         if config.get("val_check_interval") is None and config.get("max_steps", -1) > 0:
             kwargs["val_check_interval"] = config["max_steps"]  # evaluate once, after the last step
         kwargs["precision"] = usable_precision(config.get("precision"), config.get("accelerator"))
+        if not config.get("plugins"):
+            kwargs["plugins"] = [SafeCheckpointIO()]  # --ckpt_path read like every weights file: safely
         return super().instantiate_trainer(**kwargs)
 
 
@@ -140,15 +141,6 @@ def usable_precision(precision: Any, accelerator: Any) -> Any:
         rank_zero_warn(f"precision={precision!r} needs a CUDA GPU; running in 32-bit on the CPU instead.")
         return "32-true"
     return precision
-
-
-def trained_model(cli: SegmentationCLI, command: str) -> MaskRCNN:
-    """The network of ``--config`` with ``--model.weights`` loaded, for the commands that need trained weights."""
-    weights = cli.model.hparams.weights
-    if weights is None:
-        raise ConfigError(f"segmentation.{command}: --model.weights is required (the config has none)")
-    load_weights(cli.model.model, weights)
-    return cli.model.model
 
 
 def translate_detectron2_configs(args: list[str]) -> list[str]:
@@ -238,3 +230,8 @@ def config_from_detectron2(settings: Detectron2Settings) -> dict[str, Any]:
     if settings.seed >= 0:  # SEED -1 draws a random seed, as Lightning does without seed_everything
         config["seed_everything"] = settings.seed
     return config
+
+
+def config_given(cli: SegmentationCLI) -> bool:
+    """Whether the user passed ``--config`` (else a command may take the architecture from the checkpoint)."""
+    return bool(cli.config.get("config"))

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import LightningArgumentParser
 from torch import Tensor
 
-from segmentation.cli import SegmentationCLI, trained_model
+from segmentation.checkpoints.loading import load_for_command
+from segmentation.cli import SegmentationCLI, config_given
 from segmentation.data.images import read_image_bgr
 from segmentation.errors import user_errors_exit
 from segmentation.model import poolers, postprocess
@@ -211,7 +212,8 @@ def main(args: list[str] | None = None) -> None:
 
 def _export_from_cli(cli: ExportCLI) -> None:
     config = cli.config
-    model = trained_model(cli, "export")
+    arch = cli.model.arch if config_given(cli) else None
+    model, _ = load_for_command("export", cli.model.hparams.weights, arch)
     images = [load_square_image(p, config.size) for p in config.images]
     path = export_onnx(model, config.output, images[0])
     print(f"Wrote {path}", flush=True)

@@ -33,7 +33,7 @@ def main(args: list[str] | None = None) -> None:
         except (SIGTERMException, torch.OutOfMemoryError) as stop:  # SaveOnInterrupt has saved the last step
             raise SystemExit(interruption_message(stop, trainer.global_step, last)) from None
         # The periodic checkpoint may not fall on the last step; a resumable state of the finished run always exists.
-        trainer.save_checkpoint(last)
+        trainer.save_checkpoint(last, weights_only=False)
         if data.val_json is not None and module.last_evaluation_step != trainer.global_step:
             trainer.validate(module, datamodule=data)
         if data.test_json is not None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import sys
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +39,14 @@ from PIL import Image
 from pytorch_lightning.cli import LightningArgumentParser
 from torch import Tensor
 
-from segmentation.cli import SegmentationCLI, trained_model
+from segmentation.checkpoints.loading import load_for_command
+from segmentation.cli import SegmentationCLI, config_given
 from segmentation.data import volumes
 from segmentation.data.images import LUNG_CT, LUNG_WINDOW, CtWindow, read_image_bgr, window_to_uint8
 from segmentation.data.mapper import resize_shortest_edge
 from segmentation.data.rle import write_json_atomic
 from segmentation.errors import ConfigError, MissingFileError, user_errors_exit
 from segmentation.evaluation.results import detections_to_coco_results
-from segmentation.model.config import MaskRCNNConfig
-from segmentation.model.weights import resolve
 from segmentation.visualize import draw_overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -136,18 +134,6 @@ def overlay(
     keep = detections["scores"] >= threshold
     kept = {name: value[keep].numpy() for name, value in detections.items()}
     return draw_overlay(image_gray_or_rgb, kept["boxes"], kept["scores"], kept["labels"], kept["masks"], names)
-
-
-def class_names(weights: str, num_classes: int) -> list[str]:
-    """The class names saved in one of our Lightning checkpoints, else ``class_1`` ... ``class_K``."""
-    path = resolve(weights)
-    if zipfile.is_zipfile(path):
-        with torch.serialization.safe_globals([MaskRCNNConfig]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        names = checkpoint.get("category_names") if isinstance(checkpoint, dict) else None
-        if names and len(names) == num_classes:
-            return [str(name) for name in names]
-    return [f"class_{k}" for k in range(1, num_classes + 1)]
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -310,12 +296,14 @@ def _predict_from_cli(cli: PredictCLI) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    model = trained_model(cli, "predict").to(device=device, dtype=torch.float32).eval()
+    arch = cli.model.arch if config_given(cli) else None
+    model, names = load_for_command("predict", cli.model.hparams.weights, arch)
+    model = model.to(device=device, dtype=torch.float32).eval()
     path = predict(
         model,
         config.input,
         config.output_dir,
-        class_names=class_names(cli.model.hparams.weights, cli.model.arch.num_classes),
+        class_names=names,
         min_size=cli.datamodule.min_size_test,
         max_size=cli.datamodule.max_size_test,
         score_threshold=config.score_threshold,

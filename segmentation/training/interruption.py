@@ -53,7 +53,7 @@ class SaveOnInterrupt(pl.Callback):
             pl_module.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
         if isinstance(exception, (SIGTERMException, torch.OutOfMemoryError)):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def _restore_sigint(self) -> None:
         if self._previous_sigint is not None:

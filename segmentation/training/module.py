@@ -17,13 +17,14 @@ import torch
 from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.utilities import rank_zero_info
 
+from segmentation.checkpoints.files import resolve
+from segmentation.checkpoints.loading import load_weights
 from segmentation.data.rle import write_json_atomic
 from segmentation.errors import ConfigError
 from segmentation.evaluation.coco_evaluator import TASKS, CocoEvaluation, CocoEvaluator
 from segmentation.evaluation.tables import copypaste_lines, format_task_report
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
-from segmentation.model.weights import load_weights, resolve
 from segmentation.training.clipping import GradientClipping, clip_each_tensor
 from segmentation.training.optim import build_optimizer, parameter_groups
 from segmentation.training.schedule import Schedule, lr_multiplier
@@ -82,13 +83,13 @@ class MaskRCNNModule(pl.LightningModule):
         self.schedule = schedule or Schedule()
         self.gradient_clipping = gradient_clipping
         # Plain containers only, so checkpoints load with torch.load(weights_only=True); the optimizer callable is
-        # recorded by the saved config.yaml, its state by the checkpoint.
-        self.save_hyperparameters(
-            {"arch": dataclasses.asdict(self.arch), "schedule": dataclasses.asdict(self.schedule)}
-        )
-        if gradient_clipping is not None:
-            self.save_hyperparameters({"gradient_clipping": dataclasses.asdict(gradient_clipping)})
+        # recorded by the saved config.yaml, its state by the checkpoint. A second save_hyperparameters call would
+        # replace the first, so the dataclasses are added to the recorded dict.
         self.save_hyperparameters(ignore=["arch", "optimizer", "schedule", "gradient_clipping"])
+        self.hparams["arch"] = dataclasses.asdict(self.arch)  # recorded in every .ckpt: load_trained needs no config
+        self.hparams["schedule"] = dataclasses.asdict(self.schedule)
+        if gradient_clipping is not None:
+            self.hparams["gradient_clipping"] = dataclasses.asdict(gradient_clipping)
         self.model = build_mask_rcnn(self.arch)
         self.category_names: list[str] = []
         self.last_evaluation: dict[str, float] = {}
@@ -97,6 +98,7 @@ class MaskRCNNModule(pl.LightningModule):
         self._loss_sums: dict[str, torch.Tensor] = {}  # per split: [sum of batch losses, number of batches]
         self._weights_loaded = weights is None and backbone_weights is None
         self._rng_to_restore: dict[str, Any] | None = None
+        self._resolved: dict[str, Path] = {}  # initial weights prepare_data found, by source
         self.results_dir: Path | None = None  # where evaluation writes predictions.json and eval.json, if set
 
     # ---- setup ---------------------------------------------------------------------------------------------
@@ -105,7 +107,7 @@ class MaskRCNNModule(pl.LightningModule):
         """Download the initial weights once per node (rank 0), before every rank loads them in ``setup``."""
         for source in (self.hparams.backbone_weights, self.hparams.weights):
             if source is not None:
-                resolve(source)
+                self._resolved[source] = resolve(source)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -130,7 +132,8 @@ class MaskRCNNModule(pl.LightningModule):
         for source, backbone_only in ((self.hparams.backbone_weights, True), (self.hparams.weights, False)):
             if source is None:
                 continue
-            report = load_weights(self.model, source, backbone_only=backbone_only)
+            # prepare_data resolved (and checked) it on this process already; other ranks resolve here
+            report = load_weights(self.model, self._resolved.get(source, source), backbone_only=backbone_only)
             rank_zero_info(f"Loaded {len(report.loaded)} tensors from {source}")
             for name in report.skipped:
                 rank_zero_info(f"Not loaded (class count differs, fresh init kept): {name}")

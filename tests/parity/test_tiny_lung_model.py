@@ -11,11 +11,11 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 
+from segmentation.checkpoints.loading import load_weights
 from segmentation.data.coco import load_coco_json
 from segmentation.data.mapper import map_for_inference, map_for_training
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import MaskRCNN, build_mask_rcnn
-from segmentation.model.weights import load_weights
 
 pytestmark = pytest.mark.parity
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from segmentation.checkpoints.loading import load_weights
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
-from segmentation.model.weights import load_weights
 
 pytestmark = pytest.mark.parity
 

@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
+from segmentation.checkpoints.names import detectron2_names_to_ours
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
-from segmentation.model.weights import detectron2_names_to_ours
 from segmentation.training.clipping import GradientClipping, clip_each_tensor
 from segmentation.training.optim import build_optimizer, parameter_groups
 

@@ -17,19 +17,17 @@ import pytest
 import torch
 from torch import nn
 
-from segmentation.model import weights
-from segmentation.model.config import MaskRCNNConfig
-from segmentation.model.weights import (
-    PREDICTOR_KEYS,
+from segmentation.checkpoints import files, loading
+from segmentation.checkpoints.files import (
     CheckpointError,
     ChecksumError,
     UnsafeCheckpointError,
-    caffe2_to_resnet,
-    detectron2_to_torchvision,
-    load_weights,
     read_checkpoint,
     resolve,
 )
+from segmentation.checkpoints.loading import PREDICTOR_KEYS, load_weights
+from segmentation.checkpoints.names import BODY_PREFIX, caffe2_to_resnet, detectron2_to_torchvision
+from segmentation.model.config import MaskRCNNConfig
 
 WB = ("weight", "bias")
 MARK = 7.0  # the value every stand-in model tensor starts with, to see which ones a load left alone
@@ -214,7 +212,7 @@ def test_class_count_change_skips_exactly_the_six_predictor_tensors(
     shapes["roi_heads.mask_predictor.mask_fcn_logits.weight"] = (3, 64, 1, 1)
     shapes["roi_heads.mask_predictor.mask_fcn_logits.bias"] = (3,)
     model = stand_in_model(shapes)
-    with caplog.at_level(logging.WARNING, logger=weights.__name__):
+    with caplog.at_level(logging.WARNING, logger=loading.__name__):
         report = load_weights(model, parity_dir / "tiny_lung" / "model_final.pth")
     assert report.skipped == sorted(PREDICTOR_KEYS)
     assert len(report.loaded) == 296
@@ -282,7 +280,7 @@ def test_lightning_checkpoint_and_exported_state_dict_load(tmp_path: Path) -> No
 def resnet_body_model(resnet_state: Mapping[str, torch.Tensor]) -> nn.Module:
     """A stand-in detector: our body named like the given ResNet (FrozenBN: no num_batches_tracked), plus an RPN."""
     shapes = {
-        weights.BODY_PREFIX + k: tuple(v.shape)
+        BODY_PREFIX + k: tuple(v.shape)
         for k, v in resnet_state.items()
         if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
     }
@@ -318,7 +316,7 @@ def test_backbone_only_from_imagenet_resnext(tmp_path: Path, library: str) -> No
     state = model.state_dict()
     for key, value in net.state_dict().items():
         if not key.startswith("fc.") and not key.endswith("num_batches_tracked"):
-            assert torch.equal(state[weights.BODY_PREFIX + key], value), key
+            assert torch.equal(state[BODY_PREFIX + key], value), key
     assert (state["rpn.head.conv.0.0.weight"] == MARK).all()
 
 
@@ -367,12 +365,12 @@ def test_backbone_only_from_caffe2_pickle_fills_frozen_bn_statistics(tmp_path: P
     blobs = caffe2_blobs(np.random.default_rng(0))
     path = tmp_path / "X-101-32x8d.pkl"
     path.write_bytes(pickle.dumps({"blobs": blobs} if wrapped else blobs, protocol=2))
-    shapes = {weights.BODY_PREFIX + ours: blobs[c2].shape for c2, ours in C2_TO_OURS.items()}
+    shapes = {BODY_PREFIX + ours: blobs[c2].shape for c2, ours in C2_TO_OURS.items()}
     for bn in ("bn1", "layer1.0.bn1", "layer1.0.bn2", "layer1.0.bn3", "layer1.0.downsample.1"):
-        channels = shapes[f"{weights.BODY_PREFIX}{bn}.weight"]
+        channels = shapes[f"{BODY_PREFIX}{bn}.weight"]
         shapes |= {
-            f"{weights.BODY_PREFIX}{bn}.running_mean": channels,
-            f"{weights.BODY_PREFIX}{bn}.running_var": channels,
+            f"{BODY_PREFIX}{bn}.running_mean": channels,
+            f"{BODY_PREFIX}{bn}.running_var": channels,
         }
     shapes["roi_heads.box_head.fc6.weight"] = (3, 3)
     model = stand_in_model(shapes)
@@ -383,7 +381,7 @@ def test_backbone_only_from_caffe2_pickle_fills_frozen_bn_statistics(tmp_path: P
     assert report.ignored == ["fc1000_b", "fc1000_w"]
     state = model.state_dict()
     for c2, ours in C2_TO_OURS.items():
-        assert torch.equal(state[weights.BODY_PREFIX + ours], torch.from_numpy(blobs[c2])), c2
+        assert torch.equal(state[BODY_PREFIX + ours], torch.from_numpy(blobs[c2])), c2
     for key, value in state.items():
         if key.endswith("running_mean"):
             assert not value.any(), key
@@ -402,7 +400,7 @@ def test_caffe2_names_rename_like_detectron2_and_reject_unknown_blobs() -> None:
 
 
 def test_backbone_only_from_a_detector_checkpoint_takes_only_the_body(parity_dir: Path, tiny_mapped: dict) -> None:
-    body = {k: v for k, v in tiny_mapped.items() if k.startswith(weights.BODY_PREFIX)}
+    body = {k: v for k, v in tiny_mapped.items() if k.startswith(BODY_PREFIX)}
     model = stand_in_model(shapes_of(body) | {"roi_heads.box_head.fc6.weight": (1, 1)})
     report = load_weights(model, parity_dir / "tiny_lung" / "model_final.pkl", backbone_only=True)
     assert report.loaded == sorted(body)
@@ -414,12 +412,12 @@ def test_backbone_only_from_a_detector_checkpoint_takes_only_the_body(parity_dir
 
 
 def test_detectron2_scheme_builds_the_model_zoo_url() -> None:
-    assert weights.to_url(f"detectron2://{weights.X101_ZOO_PATH}") == weights.X101_ZOO_URL
-    assert weights.X101_ZOO_URL == (
+    assert files.to_url(f"detectron2://{files.X101_ZOO_PATH}") == files.X101_ZOO_URL
+    assert files.X101_ZOO_URL == (
         "https://dl.fbaipublicfiles.com/detectron2/COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x/139653917/"
         "model_final_2d9806.pkl"
     )
-    assert weights.KNOWN_SHA256[weights.X101_ZOO_URL] == weights.X101_ZOO_SHA256
+    assert files.KNOWN_SHA256[files.X101_ZOO_URL] == files.X101_ZOO_SHA256
 
 
 def count_downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -449,7 +447,7 @@ def test_file_url_is_downloaded_once_into_the_cache_and_verified(tmp_path: Path,
     assert first == second == cache.joinpath(*source.parts[1:])
     assert first.read_bytes() == b"weights v1"
     assert len(calls) == 1
-    assert sorted(p.name for p in first.parent.iterdir()) == ["model.pkl"]  # no temporary file left
+    assert sorted(p.name for p in first.parent.iterdir()) == ["model.pkl", "model.pkl.sha256.json"]  # no .part left
 
 
 def test_wrong_digest_deletes_the_download_and_names_both_digests(tmp_path: Path) -> None:
@@ -466,17 +464,17 @@ def test_wrong_digest_deletes_the_download_and_names_both_digests(tmp_path: Path
 def test_published_digest_is_checked_without_being_asked(tmp_path: Path, monkeypatch) -> None:
     source = tmp_path / "model.pkl"
     source.write_bytes(b"not the zoo model")
-    monkeypatch.setitem(weights.KNOWN_SHA256, source.as_uri(), weights.X101_ZOO_SHA256)
-    with pytest.raises(ChecksumError, match=weights.X101_ZOO_SHA256):
+    monkeypatch.setitem(files.KNOWN_SHA256, source.as_uri(), files.X101_ZOO_SHA256)
+    with pytest.raises(ChecksumError, match=files.X101_ZOO_SHA256):
         resolve(source.as_uri(), tmp_path / "cache")
 
     # A cached copy of the zoo model that is not the published file is rejected and removed, not used.
     monkeypatch.setenv("SEGMENTATION_CACHE", str(tmp_path / "env-cache"))
-    cached = tmp_path / "env-cache" / "detectron2" / weights.X101_ZOO_PATH
+    cached = tmp_path / "env-cache" / "detectron2" / files.X101_ZOO_PATH
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"truncated")
-    with pytest.raises(ChecksumError, match=weights.X101_ZOO_SHA256):
-        resolve(f"detectron2://{weights.X101_ZOO_PATH}")
+    with pytest.raises(ChecksumError, match=files.X101_ZOO_SHA256):
+        resolve(f"detectron2://{files.X101_ZOO_PATH}")
     assert not cached.exists()
 
 

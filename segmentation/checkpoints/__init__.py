@@ -1,0 +1,1 @@
+"""Weights files: finding and reading them safely (``files``), naming (``names``), loading (``loading``)."""

@@ -1,0 +1,96 @@
+"""The Python API gives the detections segmentation.predict writes, for paths, PIL images and arrays."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segmentation import predict
+from segmentation.errors import UserError
+
+sys.path.insert(0, str(Path(__file__).parent / "checkpoints"))
+from test_loading import lightning_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("api")
+    lightning_checkpoint(root / "last.ckpt")
+    yy, xx = np.mgrid[0:64, 0:80]
+    Image.fromarray(np.where((yy - 32) ** 2 + (xx - 40) ** 2 < 300, 30, 160).astype(np.uint8)).save(root / "s.png")
+    return root
+
+
+def test_import_segmentation_does_not_import_torch() -> None:
+    code = "import sys, segmentation; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_predictor_matches_what_predict_writes(files: Path, tmp_path: Path) -> None:
+    from segmentation import Predictor
+
+    predictor = Predictor(files / "last.ckpt", min_size=512, max_size=512)
+    ours = predictor(files / "s.png")
+    predict.main(["--model.weights", str(files / "last.ckpt"), "--input", str(files / "s.png"),
+                  "--output_dir", str(tmp_path), "--score_threshold", "0.0"])  # fmt: skip
+    written = json.loads((tmp_path / "predictions.json").read_text())
+    assert len(written) == len(ours["scores"]) > 0
+    assert ours["masks"].shape == (len(ours["scores"]), 64, 80) and ours["masks"].dtype == bool
+    np.testing.assert_allclose(sorted(r["score"] for r in written), sorted(ours["scores"]), rtol=1e-5)
+    x, y, w, h = max(written, key=lambda r: r["score"])["bbox"]
+    np.testing.assert_allclose(ours["boxes"][np.argmax(ours["scores"])], [x, y, x + w, y + h], atol=1e-3)
+    assert set(ours["class_names"]) <= {"left lung", "right lung"}
+
+
+def test_arrays_pil_and_lists_give_the_same_detections(files: Path) -> None:
+    from segmentation import Predictor
+
+    predictor = Predictor(files / "last.ckpt")
+    gray = np.asarray(Image.open(files / "s.png"))
+    by_path = predictor(files / "s.png")
+    for other in (predictor(gray), predictor(Image.open(files / "s.png")), predictor([gray, gray])[1]):
+        np.testing.assert_array_equal(other["scores"], by_path["scores"])
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    np.testing.assert_array_equal(predictor(rgb)["scores"], by_path["scores"])
+    overlay = predictor.draw(gray, by_path)
+    assert overlay.size == (80, 64)
+
+
+def test_16_bit_arrays_are_windowed_as_hu_plus_offset(files: Path) -> None:
+    from segmentation.api import to_bgr_uint8
+
+    hu = np.array([[-1000, -600, 150]], dtype=np.int16)
+    out = to_bgr_uint8((hu + 1024).astype(np.uint16))
+    assert out.shape == (1, 3, 3) and out[0, 0, 0] < out[0, 1, 0] < out[0, 2, 0]
+    assert out[0, 2, 0] == 255 and out[0, 0, 0] > 0  # lung window -600 +- 750: 150 HU is at the top
+
+
+def test_unknown_runtime_is_a_clear_error(files: Path) -> None:
+    from segmentation import Predictor
+
+    with pytest.raises(UserError, match="runtime 'tensorrt' is not available"):
+        Predictor(files / "last.ckpt", runtime="tensorrt")
+
+
+def test_train_runs_fit_from_a_config_and_dict_overrides(tmp_path: Path, caplog) -> None:
+    from segmentation import train
+    from segmentation.data.phantom import make_phantom
+
+    data = make_phantom(tmp_path / "phantom", n_train=1, n_val=1, n_test=1, slices_per_volume=4, size=128)
+    sizes = {f"data.{k}": 128 for k in ("min_size_train", "max_size_train", "min_size_test", "max_size_test")}
+    overrides = {**{f"data.{k}": v for k, v in data.items()}, **sizes, "data.num_workers": 0, "trainer.max_steps": 2}
+    run_dir, final = train("configs/quickstart.yaml", overrides, output_dir=tmp_path / "run")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert final["iteration"] == 2
+    assert "`weights_only` was not set" not in caplog.text  # every checkpoint save and load says what it does
+    from segmentation import Predictor
+
+    predictor = Predictor(run_dir / "checkpoints" / "last.ckpt", min_size=128, max_size=128)
+    categories = json.loads(Path(data["val_json"]).read_text())["categories"]
+    assert predictor.class_names == [c["name"] for c in categories]  # recorded by fit, read back without a config
