@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 import yaml
-from pytorch_lightning import Trainer
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning import LightningModule, Trainer
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
@@ -31,8 +30,6 @@ from segmentation.model.detectron2_config import (
     from_detectron2_config,
     is_detectron2_config,
 )
-from segmentation.training.interruption import SaveOnInterrupt
-from segmentation.training.metrics_json import MetricsJsonWriter
 from segmentation.training.module import MaskRCNNModule
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -46,10 +43,15 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 class SegmentationCLI(LightningCLI):
     """LightningCLI for :class:`MaskRCNNModule` on a :class:`CocoDataModule`, writing into ``--output_dir``."""
 
-    def __init__(self, args: list[str] | None = None, *, description: str = "") -> None:
+    def __init__(
+        self, args: list[str] | None = None, *, description: str = "", results_subdir: str | None = None
+    ) -> None:
+        """``results_subdir``: where in ``--output_dir`` evaluations write predictions.json and eval.json
+        (``""``: the run directory itself; None: the command writes no evaluation files)."""
         given = sys.argv[1:] if args is None else args
         refuse_top_level_optimizer(given)
         translated = translate_detectron2_configs(given)
+        self.results_subdir = results_subdir
         super().__init__(
             MaskRCNNModule,
             CocoDataModule,
@@ -57,44 +59,22 @@ class SegmentationCLI(LightningCLI):
             run=False,
             auto_configure_optimizers=False,
             trainer_defaults=TRAINER_DEFAULTS,
-            save_config_kwargs={"overwrite": True},
+            save_config_callback=SaveConfigToRunDir,
+            save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
             parser_kwargs={"description": description},
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--output_dir", type=str, default="runs/default", help="Where the run writes everything.")
         parser.add_argument(
-            "--ckpt_path", type=str | None, default=None, help="Resume training from this checkpoint ('last' too)."
-        )
-        parser.add_argument(
             "--check_images",
             type=bool,
             default=True,
             help="Before starting, open every image of the given splits (the jsons are always checked).",
         )
-        parser.add_lightning_class_args(MetricsJsonWriter, "metrics_json")
-        parser.add_lightning_class_args(SaveOnInterrupt, "save_on_interrupt")
-        parser.link_arguments("output_dir", "save_on_interrupt.dirpath", compute_fn=checkpoint_dir)
-        for name in ("checkpoint_last", "checkpoint_best"):
-            parser.add_lightning_class_args(ModelCheckpoint, name)
-            parser.link_arguments("output_dir", f"{name}.dirpath", compute_fn=checkpoint_dir)
-        parser.set_defaults(
-            {
-                "checkpoint_last.filename": "last",
-                "checkpoint_last.save_top_k": 1,
-                "checkpoint_last.every_n_train_steps": 500,
-                "checkpoint_last.enable_version_counter": False,
-            }
-        )
-        parser.set_defaults(
-            {
-                "checkpoint_best.monitor": "segm/AP",
-                "checkpoint_best.mode": "max",
-                "checkpoint_best.filename": "best",
-                "checkpoint_best.save_top_k": 1,
-                "checkpoint_best.enable_version_counter": False,
-            }
-        )
+        if self.results_subdir is not None:
+            subdir = self.results_subdir
+            parser.link_arguments("output_dir", "model.results_dir", compute_fn=lambda out: str(Path(out) / subdir))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
@@ -103,7 +83,8 @@ class SegmentationCLI(LightningCLI):
         if config.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(output_dir)
         if config.get("val_check_interval") is None and config.get("max_steps", -1) > 0:
-            kwargs["val_check_interval"] = config["max_steps"]  # evaluate once, after the last step
+            # Evaluate once, after the last step: Lightning counts this interval in batches, not optimizer steps.
+            kwargs["val_check_interval"] = config["max_steps"] * (config.get("accumulate_grad_batches") or 1)
         kwargs["precision"] = usable_precision(config.get("precision"), config.get("accelerator"))
         if not config.get("plugins"):
             kwargs["plugins"] = [SafeCheckpointIO()]  # --ckpt_path read like every weights file: safely
@@ -123,8 +104,14 @@ def refuse_top_level_optimizer(args: list[str]) -> None:
             )
 
 
-def checkpoint_dir(output_dir: str) -> str:
-    return f"{output_dir}/checkpoints"
+class SaveConfigToRunDir(SaveConfigCallback):
+    """``config.yaml`` goes into ``--output_dir`` whatever the logger (Lightning's follows ``trainer.log_dir``,
+    which an MLflow logger points at its store, shared by every run)."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        path = Path(self.config["output_dir"]) / self.config_filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(path), skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
 
 
 def default_loggers(output_dir: str) -> list[Logger]:

@@ -19,10 +19,9 @@ from pathlib import Path
 
 from segmentation.cli import SegmentationCLI
 from segmentation.data.check import check_datamodule_splits
-from segmentation.data.rle import write_json_atomic
 from segmentation.errors import ConfigError, user_errors_exit
-from segmentation.evaluation.coco_evaluator import TASKS, evaluate_results_file
-from segmentation.training.module import evaluation_report
+from segmentation.evaluation.coco_evaluator import evaluate_results_file
+from segmentation.evaluation.report import evaluation_report, write_evaluation
 
 
 def main(args: list[str] | None = None) -> None:
@@ -31,11 +30,10 @@ def main(args: list[str] | None = None) -> None:
         if any(arg == "--predictions" or arg.startswith("--predictions=") for arg in given):
             score_results_file(given)
             return
-        cli = SegmentationCLI(args=args, description=__doc__)
+        cli = SegmentationCLI(args=args, description=__doc__, results_subdir="")
         if cli.datamodule.val_json is None:
             raise ConfigError("give the split to evaluate with --data.val_json and --data.val_images")
         check_datamodule_splits(cli.datamodule, check_images=cli.config.check_images)
-        cli.model.results_dir = Path(cli.config.output_dir)
         cli.trainer.validate(cli.model, datamodule=cli.datamodule)
 
 
@@ -51,8 +49,7 @@ def score_results_file(args: list[str]) -> None:
         options.predictions, options.val_json, backend=options.backend, score_threshold=options.score_threshold
     )
     print(evaluation_report("val", evaluation), flush=True)
-    results = evaluation.results()
-    write_json_atomic(Path(options.output_dir) / "eval.json", {task: results[task] for task in TASKS})
+    write_evaluation(Path(options.output_dir), "val", evaluation, predictions=None)
 
 
 if __name__ == "__main__":

@@ -13,20 +13,50 @@ import os
 from pathlib import Path
 
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from segmentation.cli import SegmentationCLI
 from segmentation.data.check import check_datamodule_splits
 from segmentation.errors import user_errors_exit
-from segmentation.training.interruption import interruption_message
+from segmentation.training.interruption import SaveOnInterrupt, interruption_message
+from segmentation.training.metrics_json import MetricsJsonWriter
+
+CHECKPOINT_DEFAULTS = {
+    "checkpoint_last": {"filename": "last", "save_top_k": 1, "every_n_train_steps": 500},
+    "checkpoint_best": {"monitor": "segm/AP", "mode": "max", "filename": "best", "save_top_k": 1},
+}
+
+
+class FitCLI(SegmentationCLI):
+    """``SegmentationCLI`` plus what only training has: resuming, checkpoints, metrics.json, saving on interrupt."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="Resume training from this checkpoint ('last' too)."
+        )
+        parser.add_lightning_class_args(MetricsJsonWriter, "metrics_json")
+        parser.link_arguments("output_dir", "metrics_json.dirpath")
+        parser.add_lightning_class_args(SaveOnInterrupt, "save_on_interrupt")
+        parser.link_arguments("output_dir", "save_on_interrupt.dirpath", compute_fn=checkpoint_dir)
+        for name, defaults in CHECKPOINT_DEFAULTS.items():
+            parser.add_lightning_class_args(ModelCheckpoint, name)
+            parser.link_arguments("output_dir", f"{name}.dirpath", compute_fn=checkpoint_dir)
+            parser.set_defaults({f"{name}.{key}": value for key, value in defaults.items()})
+            parser.set_defaults({f"{name}.enable_version_counter": False})
+
+
+def checkpoint_dir(output_dir: str) -> str:
+    return f"{output_dir}/checkpoints"
 
 
 def main(args: list[str] | None = None) -> None:
     with user_errors_exit():
-        cli = SegmentationCLI(args=args, description=__doc__)
+        cli = FitCLI(args=args, description=__doc__, results_subdir="inference")
         trainer, module, data = cli.trainer, cli.model, cli.datamodule
         check_datamodule_splits(data, check_images=cli.config.check_images)  # every problem, before any step
-        module.results_dir = Path(cli.config.output_dir) / "inference"
         last = Path(cli.config_init["checkpoint_last"].dirpath) / "last.ckpt"
         try:
             trainer.fit(module, datamodule=data, ckpt_path=cli.config.ckpt_path)

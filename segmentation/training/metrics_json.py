@@ -24,13 +24,17 @@ class MetricsJsonWriter(pl.Callback):
     """Write ``<log_dir>/metrics.json`` as detectron2's JSONWriter + PeriodicWriter do.
 
     Args:
-        filename: file name inside the run directory (``trainer.log_dir``).
+        filename: file name inside ``dirpath``.
+        dirpath: the run directory (fit links ``--output_dir``; None: ``trainer.log_dir``), whatever the loggers.
         period: write every ``period`` iterations (detectron2's PeriodicWriter period, 20).
         window: median window of smoothed values (detectron2's default, 20).
     """
 
-    def __init__(self, filename: str = "metrics.json", period: int = 20, window: int = 20) -> None:
+    def __init__(
+        self, filename: str = "metrics.json", period: int = 20, window: int = 20, dirpath: str | None = None
+    ) -> None:
         self.filename = filename
+        self.dirpath = dirpath
         self.period = period
         self.window = window
         self._scalars: dict[str, deque[torch.Tensor]] = defaultdict(lambda: deque(maxlen=window))
@@ -38,11 +42,12 @@ class MetricsJsonWriter(pl.Callback):
         self._data_times: deque[float] = deque(maxlen=window)
         self._last_end: float | None = None
         self._lr = 0.0
+        self._step_at_batch_start = 0
         self.path = Path(filename)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # trainer.log_dir is a collective call under DDP: resolve it here, where every rank runs.
-        self.path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        self.path = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / self.filename
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Drop lines written after the starting step, so a resumed run continues the file without duplicates."""
@@ -58,6 +63,7 @@ class MetricsJsonWriter(pl.Callback):
     ) -> None:
         if self._last_end is not None:
             self._data_times.append(time.perf_counter() - self._last_end)
+        self._step_at_batch_start = trainer.global_step
         # The scheduler steps before on_train_batch_end, so read the rate this step uses now.
         self._lr = trainer.optimizers[0].param_groups[0]["lr"]
 
@@ -70,6 +76,8 @@ class MetricsJsonWriter(pl.Callback):
         self._last_end = now
         for name, value in outputs["scalars"].items():
             self._scalars[name].append(value.detach())
+        if trainer.global_step == self._step_at_batch_start:  # accumulating gradients: no iteration finished
+            return
         iteration = trainer.global_step - 1
         if (iteration + 1) % self.period == 0 or iteration + 1 >= trainer.max_steps:
             self._write_training_line(trainer, iteration)

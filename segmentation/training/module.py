@@ -19,10 +19,9 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from segmentation.checkpoints.files import resolve
 from segmentation.checkpoints.loading import load_weights
-from segmentation.data.rle import write_json_atomic
 from segmentation.errors import ConfigError
-from segmentation.evaluation.coco_evaluator import TASKS, CocoEvaluation, CocoEvaluator
-from segmentation.evaluation.tables import copypaste_lines, format_task_report
+from segmentation.evaluation.coco_evaluator import TASKS, CocoEvaluator
+from segmentation.evaluation.report import evaluation_report, write_evaluation
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
 from segmentation.training.clipping import GradientClipping, clip_each_tensor
@@ -55,6 +54,8 @@ class MaskRCNNModule(pl.LightningModule):
         eval_backend: COCOeval implementation behind torchmetrics. ``pycocotools`` is COCOeval itself, bit for bit;
             ``faster_coco_eval`` is faster and agrees to ~1e-16 (precision computed without COCOeval's epsilon).
         score_threshold: score at which precision/recall/F1 and per-image Dice/IoU are reported.
+        results_dir: where each evaluation writes ``predictions.json`` and ``eval.json`` (fit links
+            ``<output_dir>/inference``, evaluate ``<output_dir>``); None writes no files.
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class MaskRCNNModule(pl.LightningModule):
         weight_decay_norm: float = 0.0,
         schedule: Schedule | None = None,
         gradient_clipping: GradientClipping | None = None,
+        results_dir: str | None = None,
         eval_backend: Literal["faster_coco_eval", "pycocotools"] = "pycocotools",
         score_threshold: float = 0.5,
     ) -> None:
@@ -85,7 +87,7 @@ class MaskRCNNModule(pl.LightningModule):
         # Plain containers only, so checkpoints load with torch.load(weights_only=True); the optimizer callable is
         # recorded by the saved config.yaml, its state by the checkpoint. A second save_hyperparameters call would
         # replace the first, so the dataclasses are added to the recorded dict.
-        self.save_hyperparameters(ignore=["arch", "optimizer", "schedule", "gradient_clipping"])
+        self.save_hyperparameters(ignore=["arch", "optimizer", "schedule", "gradient_clipping", "results_dir"])
         self.hparams["arch"] = dataclasses.asdict(self.arch)  # recorded in every .ckpt: load_trained needs no config
         self.hparams["schedule"] = dataclasses.asdict(self.schedule)
         if gradient_clipping is not None:
@@ -99,7 +101,7 @@ class MaskRCNNModule(pl.LightningModule):
         self._weights_loaded = weights is None and backbone_weights is None
         self._rng_to_restore: dict[str, Any] | None = None
         self._resolved: dict[str, Path] = {}  # initial weights prepare_data found, by source
-        self.results_dir: Path | None = None  # where evaluation writes predictions.json and eval.json, if set
+        self.results_dir = Path(results_dir) if results_dir is not None else None
 
     # ---- setup ---------------------------------------------------------------------------------------------
 
@@ -257,9 +259,7 @@ class MaskRCNNModule(pl.LightningModule):
         if self.trainer.is_global_zero:
             print(evaluation_report(split, evaluation), flush=True)
             if self.results_dir is not None:
-                name = "" if split == "val" else f"{split}_"
-                write_json_atomic(self.results_dir / f"{name}predictions.json", predictions)
-                write_json_atomic(self.results_dir / f"{name}eval.json", {task: results[task] for task in TASKS})
+                write_evaluation(self.results_dir, split, evaluation, predictions)
         if split == "val":
             self.last_evaluation_step = self.global_step
         self.last_evaluation = {
@@ -275,15 +275,6 @@ class MaskRCNNModule(pl.LightningModule):
             self.last_evaluation[f"{prefix}validation_loss"] = loss_sum / batches
         # Every rank holds the same gathered numbers, so no reduction is needed.
         self.log_dict(self.last_evaluation, sync_dist=False, rank_zero_only=False)
-
-
-def evaluation_report(split: str, evaluation: CocoEvaluation) -> str:
-    """What detectron2 prints after COCO evaluation, plus the operating-point numbers no peer reports."""
-    lines = [f"Evaluation on the {split} split:"]
-    lines += [format_task_report(task, evaluation.stats[task], evaluation.per_category_ap.get(task)) for task in TASKS]
-    lines += copypaste_lines(evaluation.results())
-    lines.append("Operating point: " + ", ".join(f"{k} {v:.4f}" for k, v in evaluation.operating_point.items()))
-    return "\n".join(lines)
 
 
 def rng_states() -> dict[str, Any]:
