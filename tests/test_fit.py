@@ -164,3 +164,29 @@ def test_detectron2_per_tensor_clipping_applies_during_training(phantom, tmp_pat
     before = build_mask_rcnn(MaskRCNNConfig(**arch)).state_dict()
     trained = [k for k in after if "num_batches_tracked" not in k and "running" not in k]
     assert all(torch.equal(after[k], before[k]) for k in trained)
+
+
+# Lightning options users pass keep detectron2's run semantics: iterations, one run directory.
+
+
+def test_accumulating_gradients_counts_iterations_and_evaluates_only_after_the_last(phantom, tmp_path):
+    main(
+        small_run(
+            phantom, tmp_path, "--metrics_json.period=1", "--trainer.max_steps=2", "--trainer.accumulate_grad_batches=2"
+        )
+    )
+    lines = metrics_lines(tmp_path)
+    assert [line["iteration"] for line in lines if "total_loss" in line] == [0, 1]
+    assert [line["iteration"] for line in lines if "bbox/AP" in line] == [2]  # one val, after the last step
+    assert [line["iteration"] for line in lines if "test/bbox/AP" in line] == [2]
+
+
+def test_a_custom_logger_leaves_config_and_metrics_in_the_run_directory(phantom, tmp_path):
+    elsewhere = tmp_path / "logger_store"
+    run = tmp_path / "run"
+    logger = "--trainer.logger=pytorch_lightning.loggers.CSVLogger"
+    main(small_run(phantom, run, "--metrics_json.period=1", "--trainer.max_steps=1", logger,
+                   f"--trainer.logger.save_dir={elsewhere}"))  # fmt: skip
+    assert (run / "config.yaml").is_file() and (run / "metrics.json").is_file()
+    assert not list(elsewhere.rglob("config.yaml")) and not list(elsewhere.rglob("metrics.json"))
+    assert list(elsewhere.rglob("metrics.csv"))  # the logger still logs where it was told
