@@ -1,29 +1,26 @@
-"""Datasets, detectron2's training and inference sampling, and the LightningDataModule that wires them.
+"""The datasets and the LightningDataModule that serve detectron2's training stream and sharded inference loaders.
 
-Why this exists: detectron2 does not train in epochs. Its training loader is an infinite stream of seeded random
-permutations, split across ranks by striding, and batched per orientation (``w > h`` or not) so that a batch never
-mixes landscape and portrait images (mixed batches pad to a square and add easy negative anchors, which changes
-``loss_rpn_cls``). Its test loader gives every image to exactly one rank, in contiguous unpadded shards with batch
-size 1 (padding shards with duplicates, as ``DistributedSampler`` does, changes AP). Lightning's defaults do
-neither, so the trainer runs with ``use_distributed_sampler=False`` and the sharding is done here.
-
-Sources: ``detectron2/data/samplers/distributed_sampler.py`` (TrainingSampler, InferenceSampler),
-``detectron2/data/common.py`` (AspectRatioGroupedDataset), ``detectron2/data/build.py`` (FILTER_EMPTY_ANNOTATIONS).
+Why this exists: detectron2's loaders differ from Lightning's defaults (an endless seeded stream instead of epochs,
+orientation-grouped batches, unpadded inference shards, augmentation drawn per image; see ``samplers.py`` and
+``augmentation.py``), so the trainer runs with ``use_distributed_sampler=False`` and the sharding is done here.
+Source: ``detectron2/data/build.py`` (FILTER_EMPTY_ANNOTATIONS, the training and test loaders).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from segmentation.data.augmentation import Augmentation, CropType, Flip, ImageTransform, Sampling
 from segmentation.data.coco import Category, CocoFormatError, CocoSplit, ImageRecord, load_coco_json, read_categories
 from segmentation.data.images import LUNG_CT, CtWindow
 from segmentation.data.mapper import map_for_inference, map_for_training
+from segmentation.data.samplers import GroupedBatchSampler, InferenceSampler, StreamItem, repeat_factors
 from segmentation.errors import ConfigError
 
 
@@ -37,14 +34,13 @@ def filter_images_without_annotations(images: Sequence[ImageRecord]) -> list[Ima
 
 
 class CocoInstanceDataset(Dataset):
-    """Map-style dataset: index -> ``map_for_training`` or ``map_for_inference`` output for one image record."""
+    """Map-style dataset of inference inputs: index -> ``map_for_inference`` output for one image record."""
 
     def __init__(
         self,
         images: Sequence[ImageRecord],
         categories: Sequence[Category],
         *,
-        training: bool,
         min_size: int,
         max_size: int,
         with_targets: bool = False,
@@ -52,15 +48,13 @@ class CocoInstanceDataset(Dataset):
     ) -> None:
         """Args:
         images: the records to serve, in index order.
-        categories: the split's categories (json id -> label), used for training targets.
-        training: build training targets (``map_for_training``) instead of inference info.
-        min_size, max_size: detectron2's ResizeShortestEdge sizes.
-        with_targets: in inference mode, also put the training target in ``info["target"]`` (validation loss).
+        categories: the split's categories (json id -> label).
+        min_size, max_size: detectron2's test-time ResizeShortestEdge sizes.
+        with_targets: also put the training target in ``info["target"]`` (validation loss).
         window: how 16-bit slices are windowed.
         """
         self.images = list(images)
         self.categories = list(categories)
-        self.training = training
         self.min_size = min_size
         self.max_size = max_size
         self.with_targets = with_targets
@@ -70,121 +64,52 @@ class CocoInstanceDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        record = self.images[index]
-        if self.training:
-            return map_for_training(record, self.min_size, self.max_size, self.categories, self.window)
         categories = self.categories if self.with_targets else None
-        return map_for_inference(record, self.min_size, self.max_size, categories, self.window)
+        return map_for_inference(self.images[index], self.min_size, self.max_size, categories, self.window)
+
+
+class TrainingDataset(Dataset):
+    """Training samples: ``StreamItem(index, position)`` -> ``map_for_training`` under that sample's own draw.
+
+    The crop, size and flip are drawn from a generator seeded with ``(seed, position)``: the same sample of the
+    stream gets the same augmentation whichever worker maps it, and after a resume.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[ImageRecord],
+        categories: Sequence[Category],
+        augmentation: Augmentation,
+        *,
+        seed: int = 0,
+        window: CtWindow = LUNG_CT,
+    ) -> None:
+        self.images = list(images)
+        self.categories = list(categories)
+        self.augmentation = augmentation
+        self.seed = seed
+        self.window = window
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def transform(self, item: StreamItem) -> ImageTransform:
+        """The geometry drawn for one sample of the stream."""
+        record = self.images[item.index]
+        if not self.augmentation.is_random:
+            size = self.augmentation.min_sizes[0]
+            return ImageTransform.resize(record.height, record.width, size, self.augmentation.max_size)
+        rng = np.random.default_rng([self.seed, item.position])
+        return self.augmentation.draw(record.height, record.width, rng)
+
+    def __getitem__(self, item: StreamItem) -> tuple[torch.Tensor, dict[str, Any]]:
+        return map_for_training(self.images[item.index], self.transform(item), self.categories, self.window)
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """``[(image, target), ...]`` -> ``([images], [targets])``; no padding (the model pads)."""
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
-
-
-class GroupedBatchSampler(Sampler[list[int]]):
-    """detectron2's TrainingSampler + AspectRatioGroupedDataset as one deterministic, resumable batch sampler.
-
-    The index stream is ``torch.randperm(n)`` epochs after epoch from a generator seeded with ``seed`` (the same
-    on every rank); rank ``r`` of ``world_size`` takes stream positions ``r, r + world_size, ...``. With grouping on,
-    each index goes to one of two buckets by the orientation of its ORIGINAL (json) size, ``w > h`` or not, and a
-    bucket is emitted as a batch as soon as it holds ``batch_size`` indices. With grouping off, consecutive
-    indices form batches.
-
-    The stream is infinite, so the sampler has no ``__len__`` (Lightning then treats the loader as endless; train
-    with ``max_steps``). ``state_dict()`` counts the batches this sampler has yielded; a sampler built with (or
-    loaded with) ``start_batch=k`` reproduces the same stream from its ``k``-th batch. Note that a DataLoader
-    prefetches, so the count of batches the *training loop consumed* should come from the trainer
-    (``CocoDataModule`` does this).
-    """
-
-    def __init__(
-        self,
-        landscape: Sequence[bool],
-        batch_size: int,
-        *,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        group_by_aspect: bool = True,
-        start_batch: int = 0,
-    ) -> None:
-        """Args:
-        landscape: per dataset index, whether the image's original width > height.
-        batch_size: images per batch on this rank.
-        seed: seed of the shared permutation stream.
-        rank, world_size: this process's shard of the stream.
-        group_by_aspect: detectron2's ASPECT_RATIO_GROUPING.
-        start_batch: number of batches already consumed; iteration resumes after them.
-        """
-        if not landscape:
-            raise ValueError("cannot sample training batches from an empty dataset")
-        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"invalid batch_size={batch_size}, rank={rank}, world_size={world_size}")
-        self.landscape = [bool(x) for x in landscape]
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.group_by_aspect = group_by_aspect
-        self.batches_yielded = start_batch
-
-    def _indices(self) -> Iterator[int]:
-        generator = torch.Generator()
-        generator.manual_seed(self.seed)
-        n = len(self.landscape)
-        epochs = (torch.randperm(n, generator=generator).tolist() for _ in itertools.count())
-        stream = itertools.chain.from_iterable(epochs)
-        return itertools.islice(stream, self.rank, None, self.world_size)
-
-    def _batches(self) -> Iterator[list[int]]:
-        if not self.group_by_aspect:
-            indices = self._indices()
-            while True:
-                yield list(itertools.islice(indices, self.batch_size))
-        buckets: tuple[list[int], list[int]] = ([], [])
-        for index in self._indices():
-            bucket = buckets[0 if self.landscape[index] else 1]
-            bucket.append(index)
-            if len(bucket) == self.batch_size:
-                yield bucket[:]
-                bucket.clear()
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in itertools.islice(self._batches(), self.batches_yielded, None):
-            self.batches_yielded += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        """``{"batches_yielded": k}``; loading it makes the next iteration start at batch ``k`` of the stream."""
-        return {"batches_yielded": self.batches_yielded}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.batches_yielded = int(state["batches_yielded"])
-
-
-def inference_shard(size: int, rank: int, world_size: int) -> range:
-    """detectron2's InferenceSampler shard: contiguous, unpadded, sizes differ by at most one, earlier ranks larger."""
-    shard, left = divmod(size, world_size)
-    sizes = [shard + int(r < left) for r in range(world_size)]
-    begin = sum(sizes[:rank])
-    return range(begin, begin + sizes[rank])
-
-
-class InferenceSampler(Sampler[int]):
-    """Yields this rank's contiguous shard of ``range(size)``; over all ranks every index appears exactly once."""
-
-    def __init__(self, size: int, *, rank: int = 0, world_size: int = 1) -> None:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"invalid rank={rank}, world_size={world_size}")
-        self.indices = inference_shard(size, rank, world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 class CocoDataModule(pl.LightningDataModule):
@@ -199,13 +124,21 @@ class CocoDataModule(pl.LightningDataModule):
         test_json: str | None = None,
         test_images: str | None = None,
         batch_size: int = 4,
+        ims_per_batch: int | None = None,
         num_workers: int = 2,
-        min_size_train: int = 512,
+        min_size_train: int | list[int] = 512,
         max_size_train: int = 512,
+        min_size_train_sampling: Sampling = "choice",
+        random_flip: Flip = "none",
+        crop_type: CropType | None = None,
+        crop_size: tuple[float, float] = (0.9, 0.9),
         min_size_test: int = 512,
         max_size_test: int = 512,
         filter_empty_annotations: bool = True,
         aspect_ratio_grouping: bool = True,
+        sampler_train: Literal["TrainingSampler", "RepeatFactorTrainingSampler"] = "TrainingSampler",
+        repeat_threshold: float = 0.0,
+        repeat_sqrt: bool = True,
         seed: int = 0,
         allow_outside_root: bool = False,
         window_center: float = LUNG_CT.center,
@@ -216,14 +149,28 @@ class CocoDataModule(pl.LightningDataModule):
         train_json, train_images: training json and the folder its file names are relative to.
         val_json, val_images: validation json and image folder (evaluated after training).
         test_json, test_images: test json and image folder.
-        batch_size: training images per batch per process (detectron2's IMS_PER_BATCH / world size).
+        batch_size: training images per batch per process.
+        ims_per_batch: the global training batch, as detectron2's SOLVER.IMS_PER_BATCH: each process takes
+            ims_per_batch / world size images (refused when it does not divide); replaces batch_size when given.
         num_workers: DataLoader worker processes per loader.
-        min_size_train, max_size_train: training ResizeShortestEdge sizes (INPUT.MIN/MAX_SIZE_TRAIN).
+        min_size_train: training shortest-edge size, or sizes (INPUT.MIN_SIZE_TRAIN, e.g. [480, 512, 544]).
+        max_size_train: longest-edge cap of the training resize (INPUT.MAX_SIZE_TRAIN).
+        min_size_train_sampling: "choice" draws one of min_size_train per image, "range" a size in
+            [min_size_train[0], min_size_train[1]] (INPUT.MIN_SIZE_TRAIN_SAMPLING).
+        random_flip: "none", "horizontal" or "vertical": flip each training image with probability 0.5
+            (INPUT.RANDOM_FLIP; detectron2's default is horizontal, the recipe's none).
+        crop_type: random crop before the resize (INPUT.CROP.TYPE when INPUT.CROP.ENABLED): "relative_range",
+            "relative", "absolute" or "absolute_range"; None: no crop. Boxes are then recomputed from the masks.
+        crop_size: INPUT.CROP.SIZE: [h, w] fractions for the relative types, pixels ([min, max] for absolute_range).
         min_size_test, max_size_test: inference ResizeShortestEdge sizes (INPUT.MIN/MAX_SIZE_TEST).
         filter_empty_annotations: drop training images without a non-crowd annotation
             (DATALOADER.FILTER_EMPTY_ANNOTATIONS).
         aspect_ratio_grouping: never mix landscape and portrait images in a batch (DATALOADER.ASPECT_RATIO_GROUPING).
-        seed: seed of the training permutation stream (the same on every rank).
+        sampler_train: DATALOADER.SAMPLER_TRAIN: "TrainingSampler" (seeded permutations) or
+            "RepeatFactorTrainingSampler" (images of rare categories repeated, as for LVIS or imbalanced data).
+        repeat_threshold: DATALOADER.REPEAT_THRESHOLD: categories in fewer than this fraction of images repeat.
+        repeat_sqrt: DATALOADER.REPEAT_SQRT: repeat by sqrt(threshold / frequency) rather than the ratio itself.
+        seed: seed of the training stream and of the augmentation draws (the same on every rank).
         allow_outside_root: accept json file names that resolve outside their image folder.
         window_center, window_width: the HU window of 16-bit (and 32-bit) slices; 8-bit images are read as they are.
         intensity_offset: 16-bit slices store HU + this value (1024 in the usual CT export).
@@ -240,11 +187,18 @@ class CocoDataModule(pl.LightningDataModule):
         self.val_json, self.val_images = val_json, val_images
         self.test_json, self.test_images = test_json, test_images
         self.batch_size = batch_size
+        self.ims_per_batch = ims_per_batch
         self.num_workers = num_workers
-        self.min_size_train, self.max_size_train = min_size_train, max_size_train
+        sizes = [min_size_train] if isinstance(min_size_train, int) else list(min_size_train)
+        self.augmentation = Augmentation(
+            tuple(sizes), max_size_train, min_size_train_sampling, random_flip, crop_type, tuple(crop_size)
+        )
         self.min_size_test, self.max_size_test = min_size_test, max_size_test
         self.filter_empty_annotations = filter_empty_annotations
         self.aspect_ratio_grouping = aspect_ratio_grouping
+        if sampler_train == "RepeatFactorTrainingSampler" and repeat_threshold <= 0:
+            raise ConfigError("--data.sampler_train RepeatFactorTrainingSampler needs --data.repeat_threshold > 0")
+        self.sampler_train, self.repeat_threshold, self.repeat_sqrt = sampler_train, repeat_threshold, repeat_sqrt
         self.seed = seed
         self.allow_outside_root = allow_outside_root
         self.window = CtWindow(window_center, window_width, intensity_offset)
@@ -319,27 +273,35 @@ class CocoDataModule(pl.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
         }
 
+    def per_process_batch_size(self, world_size: int) -> int:
+        """Training images per batch on each of ``world_size`` processes (from ims_per_batch when given)."""
+        if self.ims_per_batch is None:
+            return self.batch_size
+        if self.ims_per_batch % world_size:
+            raise ConfigError(
+                f"--data.ims_per_batch {self.ims_per_batch} (detectron2's global SOLVER.IMS_PER_BATCH) does not "
+                f"divide among {world_size} processes; choose a multiple of {world_size}"
+            )
+        return self.ims_per_batch // world_size
+
     def train_dataloader(self) -> DataLoader:
         """The endless, orientation-grouped training stream of this rank (resumes after consumed batches)."""
         split = self.train_split
         images = filter_images_without_annotations(split.images) if self.filter_empty_annotations else split.images
-        dataset = CocoInstanceDataset(
-            images,
-            split.categories,
-            training=True,
-            min_size=self.min_size_train,
-            max_size=self.max_size_train,
-            window=self.window,
-        )
+        dataset = TrainingDataset(images, split.categories, self.augmentation, seed=self.seed, window=self.window)
         rank, world_size = self._rank_world()
+        factors = None
+        if self.sampler_train == "RepeatFactorTrainingSampler":
+            factors = repeat_factors(images, self.repeat_threshold, self.repeat_sqrt)
         sampler = GroupedBatchSampler(
             [r.width > r.height for r in images],
-            self.batch_size,
+            self.per_process_batch_size(world_size),
             seed=self.seed,
             rank=rank,
             world_size=world_size,
             group_by_aspect=self.aspect_ratio_grouping,
             start_batch=self._train_batches_consumed,
+            factors=factors,
         )
         return DataLoader(dataset, batch_sampler=sampler, **self._loader_kwargs())
 
@@ -347,7 +309,6 @@ class CocoDataModule(pl.LightningDataModule):
         dataset = CocoInstanceDataset(
             split.images,
             split.categories,
-            training=False,
             min_size=self.min_size_test,
             max_size=self.max_size_test,
             with_targets=True,

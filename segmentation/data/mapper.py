@@ -4,8 +4,9 @@ Why this exists: the model sees exactly what detectron2's model sees only if the
 annotated the same way. Each step below copies detectron2 (``detectron2/data/dataset_mapper.py``,
 ``detection_utils.py``, ``transforms/``), including its arithmetic: PIL decoding with the EXIF orientation applied,
 RGB flipped to BGR uint8, ``ResizeShortestEdge`` sizes rounded with ``int(x + 0.5)``, PIL bilinear resizing on
-uint8, boxes converted and scaled in detectron2's dtypes, polygons rasterised after scaling, RLE masks resized with
-PIL nearest, and ``filter_empty_instances``. torchvision's own resize is then a no-op (see the parity spec).
+uint8, boxes converted and mapped in detectron2's dtypes, polygons rasterised after mapping, RLE masks cropped,
+resized with PIL nearest and flipped with the image, and ``filter_empty_instances``. The geometry itself (crop, size,
+flip) is ``augmentation.ImageTransform``. torchvision's own resize is then a no-op (see the parity spec).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools import mask as mask_util
 
+from segmentation.data.augmentation import ImageTransform
 from segmentation.data.coco import Category, ImageRecord, decode_mask
 from segmentation.data.images import LUNG_CT, CtWindow, read_image_bgr
 from segmentation.errors import UserError
@@ -38,41 +39,15 @@ def check_image_size(record: ImageRecord, image: np.ndarray) -> None:
         )
 
 
-def resized_shape(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """detectron2's ``ResizeShortestEdge.get_output_shape``: short side to ``min_size``, long side at most ``max_size``.
-
-    Sizes are rounded with ``int(x + 0.5)`` (torchvision floors), so 310x400 (h x w) becomes 397x512.
-    """
-    size = min_size * 1.0
-    scale = size / min(h, w)
-    if h < w:
-        new_h, new_w = size, scale * w
-    else:
-        new_h, new_w = scale * h, size
-    if max(new_h, new_w) > max_size:
-        scale = max_size * 1.0 / max(new_h, new_w)
-        new_h = new_h * scale
-        new_w = new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
-
-
-def _resize_uint8(array: np.ndarray, new_h: int, new_w: int, resample: Image.Resampling) -> np.ndarray:
-    """PIL resize of a uint8 ``(H, W)`` or ``(H, W, 3)`` array, as detectron2's ``ResizeTransform.apply_image``."""
-    if array.shape[:2] == (new_h, new_w):
-        return array
-    return np.asarray(Image.fromarray(array).resize((new_w, new_h), resample))
-
-
 def resize_shortest_edge(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
     """detectron2's ``ResizeShortestEdge`` of a uint8 ``(H, W, 3)`` image: its size rule, PIL bilinear on uint8."""
-    new_h, new_w = resized_shape(image.shape[0], image.shape[1], min_size, max_size)
-    return _resize_uint8(image, new_h, new_w, Image.Resampling.BILINEAR)
+    return ImageTransform.resize(image.shape[0], image.shape[1], min_size, max_size).apply_image(image)
 
 
-def _load_resized(record: ImageRecord, min_size: int, max_size: int, window: CtWindow) -> np.ndarray:
+def _load_transformed(record: ImageRecord, transform: ImageTransform, window: CtWindow) -> np.ndarray:
     image = read_image_bgr(record.file_name, window)
     check_image_size(record, image)
-    return resize_shortest_edge(image, min_size, max_size)
+    return transform.apply_image(image)
 
 
 def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:
@@ -99,43 +74,46 @@ def map_for_inference(
         ``(image, info)`` with ``info = {"image_id", "height", "width", "file_name"}``; height/width are the json's
         (original) size, to which the model rescales its outputs.
     """
-    image = _load_resized(record, min_size, max_size, window)
+    transform = ImageTransform.resize(record.height, record.width, min_size, max_size)
+    image = _load_transformed(record, transform, window)
     info = {"image_id": record.image_id, "height": record.height, "width": record.width, "file_name": record.file_name}
     if categories is not None:
-        info["target"] = _training_target(record, image.shape[0], image.shape[1], categories)
+        info["target"] = _training_target(record, transform, categories)
     return _to_chw_tensor(image), info
 
 
 def map_for_training(
     record: ImageRecord,
-    min_size: int,
-    max_size: int,
+    transform: ImageTransform,
     categories: Sequence[Category],
     window: CtWindow = LUNG_CT,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """detectron2's training mapper (``DatasetMapper(is_train=True)``, bitmask format, no flip, no crop).
+    """detectron2's training mapper (``DatasetMapper(is_train=True)``, bitmask format) under one drawn transform.
 
-    Crowd annotations are dropped; each remaining box is converted XYWH->XYXY, scaled by ``(new_w / w, new_h / h)``
-    and clipped to the resized image; polygons are scaled and rasterised at the new size, RLE masks are decoded at
-    the original size and resized with PIL nearest; instances with a box side <= 1e-5 or an all-zero mask are
-    dropped (detectron2's ``filter_empty_instances``), so an area-0 annotation yields no target.
+    Crowd annotations are dropped; each remaining box is converted XYWH->XYXY and its corners mapped through the
+    transform (crop offset, resize scale, flip), then clipped to the output image; polygons are mapped and
+    rasterised at the output size, RLE masks decoded at the original size and cropped, resized with PIL nearest and
+    flipped with the image. With a crop, boxes are recomputed from the masks (detectron2's ``recompute_boxes``,
+    which it sets whenever cropping is on). Instances with a box side <= 1e-5 or an all-zero mask are dropped
+    (``filter_empty_instances``), so an area-0 annotation yields no target.
 
     Args:
         record: the image record.
-        min_size, max_size: ResizeShortestEdge sizes.
+        transform: this image's geometry (``Augmentation.draw``, or ``ImageTransform.resize`` for one fixed size).
         categories: the split's categories; a json category id trains as its ``label`` (contiguous index + 1).
         window: how 16-bit slices are windowed.
 
     Returns:
-        ``(image, target)``: image uint8 ``(3, H, W)`` BGR; target ``boxes`` float32 ``(N, 4)`` xyxy in resized
+        ``(image, target)``: image uint8 ``(3, H, W)`` BGR; target ``boxes`` float32 ``(N, 4)`` xyxy in output
         pixels, ``labels`` int64 ``(N,)``, ``masks`` uint8 ``(N, H, W)``, ``image_id`` int. ``N`` may be 0.
     """
-    image = _load_resized(record, min_size, max_size, window)
-    return _to_chw_tensor(image), _training_target(record, image.shape[0], image.shape[1], categories)
+    image = _load_transformed(record, transform, window)
+    return _to_chw_tensor(image), _training_target(record, transform, categories)
 
 
-def _training_target(record: ImageRecord, new_h: int, new_w: int, categories: Sequence[Category]) -> dict[str, Any]:
+def _training_target(record: ImageRecord, transform: ImageTransform, categories: Sequence[Category]) -> dict[str, Any]:
     label_of = {c.id: c.label for c in categories}
+    new_h, new_w = transform.new_height, transform.new_width
 
     boxes: list[np.ndarray] = []
     labels: list[int] = []
@@ -143,12 +121,14 @@ def _training_target(record: ImageRecord, new_h: int, new_w: int, categories: Se
     for ann in record.annotations:
         if ann["iscrowd"]:
             continue
-        boxes.append(_transform_box(ann["bbox"], record.height, record.width, new_h, new_w))
+        boxes.append(transform.apply_box(_xyxy(ann["bbox"])))
         labels.append(label_of[ann["category_id"]])
-        masks.append(_transform_mask(ann["segmentation"], record.height, record.width, new_h, new_w))
+        masks.append(_transform_mask(ann["segmentation"], record.height, record.width, transform))
 
     box_array = torch.as_tensor(np.stack(boxes) if boxes else np.zeros((0, 4)), dtype=torch.float32)
     mask_array = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, new_h, new_w), dtype=torch.bool)
+    if transform.crop is not None:
+        box_array = mask_bounding_boxes(mask_array)
     label_array = torch.tensor(labels, dtype=torch.int64)
     widths = box_array[:, 2] - box_array[:, 0]
     heights = box_array[:, 3] - box_array[:, 1]
@@ -161,34 +141,40 @@ def _training_target(record: ImageRecord, new_h: int, new_w: int, categories: Se
     }
 
 
-def _transform_box(bbox: Sequence[float], h: int, w: int, new_h: int, new_w: int) -> np.ndarray:
-    """XYWH json box -> clipped XYXY box in the resized frame, in detectron2's dtypes.
+def _xyxy(bbox: Sequence[float]) -> np.ndarray:
+    """XYWH json box -> XYXY numpy box in detectron2's dtypes.
 
-    detectron2 converts with ``torch.tensor(bbox)`` (float32, or int64 when every value is an int), then scales
-    corner coordinates in a numpy array of that Python type (float64; int64 for an all-integer json box, where
-    numpy's in-place assignment truncates the scaled values — detectron2 does the same, so we do too).
+    detectron2 converts with ``torch.tensor(bbox)`` (float32, or int64 when every value is an int), then maps the
+    corners in a numpy array of that Python type (float64; int64 for an all-integer json box, where numpy's in-place
+    assignment truncates the scaled values — detectron2 does the same, so we do too).
     """
     all_int = all(isinstance(v, int) for v in bbox)
     xywh = torch.tensor([int(v) if all_int else float(v) for v in bbox], dtype=torch.int64 if all_int else None)
     xyxy = xywh.clone()
     xyxy[2:] += xywh[:2]
-    corners = np.array([xyxy.tolist()])[:, [0, 1, 2, 1, 0, 3, 2, 3]].reshape(-1, 2)
-    corners[:, 0] = corners[:, 0] * (new_w * 1.0 / w)
-    corners[:, 1] = corners[:, 1] * (new_h * 1.0 / h)
-    box = np.concatenate([corners.min(axis=0), corners.max(axis=0)]).clip(min=0)
-    return np.minimum(box, [new_w, new_h, new_w, new_h])
+    return np.array(xyxy.tolist())
 
 
-def _transform_mask(segmentation: list | dict, h: int, w: int, new_h: int, new_w: int) -> np.ndarray:
-    """The instance mask at the resized size, bool ``(new_h, new_w)``, as detectron2 builds its BitMasks."""
+def mask_bounding_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """detectron2's ``BitMasks.get_bounding_boxes``: float32 ``[x0, y0, x1 + 1, y1 + 1]``, zeros for an empty mask."""
+    boxes = torch.zeros(masks.shape[0], 4, dtype=torch.float32)
+    x_any, y_any = masks.any(dim=1), masks.any(dim=2)
+    for i in range(masks.shape[0]):
+        xs, ys = torch.where(x_any[i])[0], torch.where(y_any[i])[0]
+        if len(xs) and len(ys):
+            boxes[i] = torch.tensor([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=torch.float32)
+    return boxes
+
+
+def _transform_mask(segmentation: list | dict, h: int, w: int, transform: ImageTransform) -> np.ndarray:
+    """The instance mask at the output size, bool ``(new_h, new_w)``, as detectron2 builds its BitMasks.
+
+    Polygons are mapped point by point and rasterised at the output size; under a crop detectron2 first clips
+    each polygon to the crop box (with shapely), which rasterises to the same mask up to pixels on the crop border.
+    """
     if isinstance(segmentation, list):
-        polygons = []
-        for polygon in segmentation:
-            coords = np.asarray(polygon, dtype=np.float64).reshape(-1, 2).copy()
-            coords[:, 0] = coords[:, 0] * (new_w * 1.0 / w)
-            coords[:, 1] = coords[:, 1] * (new_h * 1.0 / h)
-            polygons.append(coords.reshape(-1))
-        rle = mask_util.merge(mask_util.frPyObjects(polygons, new_h, new_w))
+        polygons = [transform.apply_coords(np.asarray(p, dtype=np.float64).reshape(-1, 2).copy()).reshape(-1)
+                    for p in segmentation]  # fmt: skip
+        rle = mask_util.merge(mask_util.frPyObjects(polygons, transform.new_height, transform.new_width))
         return mask_util.decode(rle).astype(bool)
-    mask = decode_mask(segmentation, h, w).astype(np.uint8)
-    return _resize_uint8(mask, new_h, new_w, Image.Resampling.NEAREST).astype(bool)
+    return transform.apply_mask(decode_mask(segmentation, h, w).astype(np.uint8))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,20 +11,16 @@ import pytest
 import torch
 
 from segmentation.data.coco import ImageRecord
-from segmentation.data.datamodule import (
-    CocoDataModule,
-    GroupedBatchSampler,
-    InferenceSampler,
-    filter_images_without_annotations,
-    inference_shard,
-)
+from segmentation.data.datamodule import CocoDataModule, filter_images_without_annotations
 from segmentation.data.phantom import make_phantom
+from segmentation.data.samplers import GroupedBatchSampler, InferenceSampler, inference_shard, repeat_factors
 
 LANDSCAPE = [True, False, False, True, False, True, False, False, True, False, False]
 
 
 def _take(sampler: GroupedBatchSampler, n: int) -> list[list[int]]:
-    return list(itertools.islice(iter(sampler), n))
+    """The dataset indices of the first ``n`` batches."""
+    return [[item.index for item in batch] for batch in itertools.islice(iter(sampler), n)]
 
 
 def _record(image_id: int, annotations: list[dict]) -> ImageRecord:
@@ -73,6 +70,36 @@ def test_each_rank_takes_every_world_size_th_index_of_the_shared_stream():
     grouped = [_take(GroupedBatchSampler(LANDSCAPE, 2, seed=3, rank=r, world_size=2), 10) for r in range(2)]
     assert grouped[0] != grouped[1]
     assert all(len({LANDSCAPE[i] for i in b}) == 1 for batches in grouped for b in batches)
+
+
+def test_every_sample_has_its_own_stream_position_across_ranks():
+    def positions(rank: int) -> list[int]:
+        sampler = GroupedBatchSampler(LANDSCAPE, 2, seed=3, rank=rank, world_size=2)
+        return [item.position for batch in itertools.islice(iter(sampler), 10) for item in batch]
+
+    ranks = [positions(0), positions(1)]
+    assert all(p % 2 == 0 for p in ranks[0]) and all(p % 2 == 1 for p in ranks[1])
+    assert len(set(ranks[0] + ranks[1])) == 40
+
+
+def _annotated(image_id: int, categories: list[int]) -> ImageRecord:
+    return _record(image_id, [{"iscrowd": 0, "category_id": c} for c in categories])
+
+
+def test_repeat_factors_follow_detectron2s_category_frequency_rule():
+    images = [_annotated(i, [1, 2] if i == 0 else [1]) for i in range(10)] + [_annotated(10, [])]
+    # category 1 is in 10 of 11 images, category 2 in 1 of 11: f = 1/11, threshold 0.4 -> sqrt(0.4 * 11) = 2.098
+    factors = repeat_factors(images, 0.4)
+    assert factors[0] == pytest.approx((0.4 * 11) ** 0.5) and factors[1:] == [1.0] * 10
+    assert repeat_factors(images, 0.4, sqrt=False)[0] == pytest.approx(0.4 * 11)
+
+
+def test_repeat_factor_sampling_repeats_images_by_their_factor_on_average():
+    factors = [1.0, 2.0, 1.5, 1.0]
+    sampler = GroupedBatchSampler([True] * 4, 1, seed=0, group_by_aspect=False, factors=factors)
+    counts = Counter(i for b in _take(sampler, 11000) for i in b)
+    assert [counts[i] / counts[0] for i in range(4)] == pytest.approx(factors, rel=0.05)
+    assert _take(sampler, 50) != _take(GroupedBatchSampler([True] * 4, 1, seed=0, group_by_aspect=False), 50)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -129,3 +156,22 @@ def test_datamodule_state_resumes_the_training_stream(phantom: dict[str, Path]):
 def test_datamodule_rejects_a_json_without_its_image_folder():
     with pytest.raises(ValueError, match="--data.val_json and --data.val_images"):
         CocoDataModule(val_json="val.json")
+
+
+def test_the_global_batch_is_split_across_processes_or_refused(phantom: dict[str, Path]):
+    dm = _datamodule(phantom, ims_per_batch=4)
+    assert [dm.per_process_batch_size(n) for n in (1, 2, 4)] == [4, 2, 1]
+    with pytest.raises(ValueError, match="ims_per_batch 4 .* does not divide among 3 processes"):
+        dm.per_process_batch_size(3)
+    assert _datamodule(phantom).per_process_batch_size(3) == 2  # batch_size is already per process
+
+
+def test_multi_scale_flip_and_crop_options_reach_the_training_images(phantom: dict[str, Path]):
+    dm = _datamodule(phantom, min_size_train=[48, 56, 64], max_size_train=100, random_flip="horizontal",
+                     crop_type="relative_range", crop_size=[0.5, 0.5])  # fmt: skip
+    dm.setup("fit")
+    loader = iter(dm.train_dataloader())
+    shapes = {tuple(image.shape[1:]) for _ in range(12) for image in next(loader)[0]}
+    assert {min(hw) for hw in shapes} == {48, 56, 64}
+    with pytest.raises(ValueError, match="RepeatFactorTrainingSampler needs --data.repeat_threshold"):
+        _datamodule(phantom, sampler_train="RepeatFactorTrainingSampler")

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_util
 
+from segmentation.data.augmentation import ImageTransform, resized_shape
 from segmentation.data.coco import Category, ImageRecord, load_coco_json
 from segmentation.data.images import read_image_bgr
 from segmentation.data.mapper import (
@@ -19,7 +20,6 @@ from segmentation.data.mapper import (
     check_image_size,
     map_for_inference,
     map_for_training,
-    resized_shape,
 )
 
 RNG = np.random.default_rng(0)
@@ -34,6 +34,10 @@ def _rle(mask: np.ndarray) -> dict:
 
 def _record(path: Path, h: int, w: int, annotations: list[dict], image_id: int = 1) -> ImageRecord:
     return ImageRecord(image_id=image_id, file_name=str(path), height=h, width=w, annotations=tuple(annotations))
+
+
+def _resize(record: ImageRecord, min_size: int, max_size: int) -> ImageTransform:
+    return ImageTransform.resize(record.height, record.width, min_size, max_size)
 
 
 def _ann(ann_id: int, category_id: int, bbox: list, segmentation, iscrowd: int = 0) -> dict:
@@ -104,7 +108,8 @@ def test_training_targets_drop_crowd_empty_and_degenerate_instances_and_map_labe
         _ann(4, 3, [5.0, 3.0, 0.0, 6.0], _rle(mask)),  # zero-width box
         _ann(5, 11, [15.0, 10.0, 10.0, 10.0], [[2.0, 1.0, 5.0, 1.0, 5.0, 4.0, 2.0, 4.0]]),  # box past the border
     ]
-    image, target = map_for_training(_record(tmp_path / "img.png", h, w, annotations, 9), 32, 40, categories)
+    record = _record(tmp_path / "img.png", h, w, annotations, 9)
+    image, target = map_for_training(record, _resize(record, 32, 40), categories)
 
     assert image.dtype == torch.uint8 and image.shape == (3, 32, 40)
     assert target["image_id"] == 9
@@ -128,14 +133,14 @@ def test_integer_json_boxes_are_scaled_in_integer_arithmetic_as_detectron2_does(
     as_int = _record(tmp_path / "img.png", 16, 20, [_ann(1, 1, [1, 1, 3, 3], _rle(mask))])
     as_float = _record(tmp_path / "img.png", 16, 20, [_ann(1, 1, [1.0, 1.0, 3.0, 3.0], _rle(mask))])
 
-    assert map_for_training(as_int, 24, 30, lung)[1]["boxes"].tolist() == [[1.0, 1.0, 6.0, 6.0]]
-    assert map_for_training(as_float, 24, 30, lung)[1]["boxes"].tolist() == [[1.5, 1.5, 6.0, 6.0]]
+    assert map_for_training(as_int, _resize(as_int, 24, 30), lung)[1]["boxes"].tolist() == [[1.0, 1.0, 6.0, 6.0]]
+    assert map_for_training(as_float, _resize(as_float, 24, 30), lung)[1]["boxes"].tolist() == [[1.5, 1.5, 6.0, 6.0]]
 
 
 def test_an_image_whose_only_annotation_is_empty_trains_with_zero_targets(tmp_path: Path):
     Image.fromarray(np.zeros((16, 20), dtype=np.uint8)).save(tmp_path / "img.png")
     record = _record(tmp_path / "img.png", 16, 20, [_ann(1, 1, [0, 0, 0, 0], {"size": [16, 20], "counts": [320]})])
-    image, target = map_for_training(record, 16, 20, [Category(id=1, name="Lung", label=1)])
+    image, target = map_for_training(record, _resize(record, 16, 20), [Category(id=1, name="Lung", label=1)])
 
     assert image.shape == (3, 16, 20)
     assert target["boxes"].shape == (0, 4) and target["boxes"].dtype == torch.float32
@@ -160,7 +165,7 @@ def test_inference_sample_can_carry_the_training_target_of_the_same_image(tmp_pa
     categories = [Category(id=7, name="Lung", label=1)]
 
     image, info = map_for_inference(record, 80, 120, categories)
-    train_image, target = map_for_training(record, 80, 120, categories)
+    train_image, target = map_for_training(record, _resize(record, 80, 120), categories)
 
     assert torch.equal(image, train_image)
     assert set(info["target"]) == set(target)
@@ -196,6 +201,6 @@ def test_decoded_and_resized_val_images_equal_detectron2s(parity_dir: Path):
 def test_detectron2_loss_batch_b_image_with_only_an_empty_annotation_has_no_instances(parity_dir: Path):
     root = parity_dir / "tiny_lung" / "dataset"
     split = load_coco_json(root / "coco_train_lossbatch_lung.json", root / "train")
-    counts = {Path(r.file_name).name: len(map_for_training(r, 512, 512, split.categories)[1]["labels"])
+    counts = {Path(r.file_name).name: len(map_for_training(r, _resize(r, 512, 512), split.categories)[1]["labels"])
               for r in split.images}  # fmt: skip
     assert counts == {"PHANTOM_01_2.jpg": 1, "PHANTOM_01_12.jpg": 1, "PHANTOM_02_0.jpg": 0, "PHANTOM_02_7.jpg": 1}

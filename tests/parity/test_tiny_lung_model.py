@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from segmentation.checkpoints.loading import load_weights
+from segmentation.data.augmentation import ImageTransform
 from segmentation.data.coco import load_coco_json
 from segmentation.data.mapper import map_for_inference, map_for_training
 from segmentation.model.config import MaskRCNNConfig
@@ -156,7 +157,9 @@ def test_training_losses_match_detectron2(parity_dir: Path, expected: Path, batc
     by_name = {Path(r.file_name).name: r for r in split.images}
     images, targets = [], []
     for name in reference["file_names"]:
-        image, target = map_for_training(by_name[name], SIZE, SIZE, split.categories)
+        record = by_name[name]
+        resize = ImageTransform.resize(record.height, record.width, SIZE, SIZE)
+        image, target = map_for_training(record, resize, split.categories)
         images.append(image)
         targets.append(target)
     assert [len(t["labels"]) for t in targets] == reference["gt_instances_after_mapper"]
