@@ -16,6 +16,7 @@ On 2 CPU cores it takes about a minute; the slowest row is the full-size X101 (4
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -108,8 +109,13 @@ class Row:
 
 
 def _fmt(value: float) -> str:
-    """Two significant digits, ``0`` for an exact match."""
-    return "0" if value == 0 else f"{value:.2g}"
+    """Two significant digits as the README writes them (``5.4e-6``, ``1e-3``), ``0`` for an exact match."""
+    if value == 0 or math.isinf(value):
+        return str(value if value else 0)
+    if abs(value) >= 0.01:
+        return f"{value:.2g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
 
 
 def _tiny_model(parity_dir: Path, cfg: MaskRCNNConfig = TINY_LUNG) -> MaskRCNN:
@@ -321,8 +327,13 @@ def predictions(model: MaskRCNN, parity_dir: Path) -> Row:
     return Row(
         "predictions",
         f"predictions ({len(split.images)} images, {n_ref} detections), matched one to one",
-        {"box_px": worst_px, "score": worst_score, "mask_mismatches": float(mask_mismatches),
-         "count_mismatches": float(count_mismatches), "one_minus_min_box_iou": 1.0 - min_iou},  # fmt: skip
+        {
+            "box_px": worst_px,
+            "score": worst_score,
+            "mask_mismatches": float(mask_mismatches),
+            "count_mismatches": float(count_mismatches),
+            "one_minus_min_box_iou": 1.0 - min_iou,
+        },
         {"box_px": BOX_TOL, "score": SCORE_TOL, "mask_mismatches": 0.0, "count_mismatches": 0.0},
         f"box {_fmt(worst_px)} px (IoU >= {min_iou:.7f}), score {_fmt(worst_score)}, {masks}{counts}",
         f"box {_fmt(BOX_TOL)} px / score {_fmt(SCORE_TOL)} / masks identical",
@@ -383,7 +394,8 @@ def coco_ap(parity_dir: Path) -> tuple[Row, Row]:
     tiny = parity_dir / "tiny_lung"
     gt = tiny / "dataset" / "coco_val_lung.json"
     expected = json.loads((tiny / "expected" / "coco_eval.json").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
+    # segmentation.evaluate prints detectron2's tables to stdout: keep stdout for the report's table.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         ours_dir, theirs_dir = Path(tmp) / "ours", Path(tmp) / "theirs"
         evaluate_main(["--config", str(tiny / "config.yaml"), "--model.weights", str(tiny / "model_final.pkl"),
                        "--data.val_json", str(gt), "--data.val_images", str(tiny / "dataset" / "val"),
