@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import re
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -37,6 +38,7 @@ ROWS = [
 def _load(path: Path, name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
