@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime  # noqa: F401  (the dev extra installs it: a missing runtime must fail, not skip)
+import onnxruntime  # the dev extra installs it: a missing runtime must fail, not skip
 import pytest
 import torch
 
@@ -43,18 +43,37 @@ def test_onnx_detections_match_pytorch_on_other_images(exported) -> None:
     assert all(c.torch_count > 0 for c in comparisons)
 
 
-def test_an_image_without_detections_gives_empty_outputs(exported) -> None:
-    model, path, _ = exported
-    model.roi_heads.score_thresh = 1.0  # PyTorch side: nothing passes; the graph keeps its traced threshold
-    try:
-        import onnxruntime
+def _top_score(model, image: torch.Tensor) -> float:
+    with torch.no_grad():
+        (out,) = model([image])
+    return float(out["scores"].max()) if len(out["scores"]) else 0.0
 
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        boxes, labels, scores, masks = session.run(export.OUTPUT_NAMES, {"image": np.zeros((3, 128, 128), np.float32)})
-        assert boxes.shape[1:] == (4,) and masks.shape[1:] == (128, 128) and masks.dtype == np.uint8
-        assert len(boxes) == len(labels) == len(scores) == len(masks)
+
+def test_an_image_without_detections_gives_empty_outputs(exported, tmp_path) -> None:
+    # The graph records the score threshold as a constant when traced, so setting it on the PyTorch model afterwards
+    # does not reach the graph: export a second graph with a threshold between the best score on images[0] and on
+    # images[2], trace it on images[2] (it detects there) and run the graph itself on images[0], where nothing passes.
+    model, _, images = exported
+    low, high = _top_score(model, images[0]), _top_score(model, images[2])
+    assert low < high, "the fixture's images no longer separate by top score"
+    model.roi_heads.score_thresh = (low + high) / 2
+    try:
+        path = export.export_onnx(model, tmp_path / "high_threshold.onnx", images[2])
+        with torch.no_grad():
+            (pytorch_out,) = model([images[0]])
+        comparisons = export.compare_with_onnxruntime(model, path, [images[2], images[0]])
     finally:
         model.roi_heads.score_thresh = TINY_ARCH.score_thresh_test
+    assert len(pytorch_out["boxes"]) == 0
+    assert all(c.same for c in comparisons), comparisons
+    assert comparisons[0].onnx_count > 0
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    boxes, labels, scores, masks = session.run(export.OUTPUT_NAMES, {"image": images[0].numpy()})
+    assert boxes.shape == (0, 4) and boxes.dtype == np.float32
+    assert labels.shape == (0,) and labels.dtype == np.int64
+    assert scores.shape == (0,) and scores.dtype == np.float32
+    assert masks.shape == (0, 128, 128) and masks.dtype == np.uint8
 
 
 def test_export_restores_the_model(exported) -> None:
