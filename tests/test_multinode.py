@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from segmentation.data.phantom import make_phantom
 
@@ -124,8 +125,8 @@ def test_two_torchrun_nodes_form_one_world_of_two_processes_and_both_exit_cleanl
     # global rank = node_rank * devices + local rank: the process of node 1 is rank 1 of a world of 2
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in out0 and "GLOBAL_RANK: 1, MEMBER: 2/2" in out1
     assert "Evaluation results for segm" in out0 and "Evaluation results for segm" not in out1  # rank 0 reports
-    saved = (output_dir / "config.yaml").read_text()
-    assert "num_nodes: 2" in saved and "devices: 1" in saved
+    trainer = yaml.safe_load((output_dir / "config.yaml").read_text())["trainer"]
+    assert trainer["num_nodes"] == 2 and int(trainer["devices"]) == 1
     for name in ("metrics.json", "checkpoints/last.ckpt", "model_final.pth", "inference/eval.json"):
         assert (output_dir / name).is_file(), name
 
