@@ -43,6 +43,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 class SegmentationCLI(LightningCLI):
     """LightningCLI for :class:`MaskRCNNModule` on a :class:`CocoDataModule`, writing into ``--output_dir``."""
 
+    training = False  # whether the command trains (and so takes a detectron2 config's training-only keys)
+
     def __init__(
         self, args: list[str] | None = None, *, description: str = "", results_subdir: str | None = None
     ) -> None:
@@ -50,7 +52,7 @@ class SegmentationCLI(LightningCLI):
         (``""``: the run directory itself; None: the command writes no evaluation files)."""
         given = sys.argv[1:] if args is None else args
         refuse_top_level_optimizer(given)
-        translated = translate_detectron2_configs(given)
+        translated = translate_detectron2_configs(given, training=self.training)
         self.results_subdir = results_subdir
         super().__init__(
             MaskRCNNModule,
@@ -130,7 +132,7 @@ def usable_precision(precision: Any, accelerator: Any) -> Any:
     return precision
 
 
-def translate_detectron2_configs(args: list[str]) -> list[str]:
+def translate_detectron2_configs(args: list[str], training: bool = True) -> list[str]:
     """Replace each ``--config`` that is a detectron2 ``config.yaml`` dump by the equivalent config of ours.
 
     The translation is handed to the parser as yaml text (nothing is written to disk) and ends up in the run's saved
@@ -145,7 +147,7 @@ def translate_detectron2_configs(args: list[str]) -> list[str]:
         else:
             continue
         if Path(path).is_file() and is_detectron2_config(path):
-            ours = config_from_detectron2(from_detectron2_config(path))
+            ours = config_from_detectron2(from_detectron2_config(path), training=training)
             if not any(a.split("=", 1)[0].startswith("--model.optimizer") for a in args):
                 _say_optimizer(ours["model"]["optimizer"]["init_args"])
             text = yaml.safe_dump(ours, sort_keys=False)  # --config takes yaml text as well as a path: no temp file
@@ -164,8 +166,12 @@ def _say_optimizer(sgd: dict[str, Any]) -> None:
     )
 
 
-def config_from_detectron2(settings: Detectron2Settings) -> dict[str, Any]:
-    """Our config for a detectron2 run: architecture, input sizes, data loading and solver numbers."""
+def config_from_detectron2(settings: Detectron2Settings, training: bool = True) -> dict[str, Any]:
+    """Our config for a detectron2 run: architecture, input sizes, augmentation, data loading and solver numbers.
+
+    ``training`` adds what only ``segmentation.fit`` has options for: the periodic checkpoint (CHECKPOINT_PERIOD)
+    and detectron2's automatic scaling to the number of processes (REFERENCE_WORLD_SIZE).
+    """
     if settings.input_format != "BGR":
         raise UnsupportedConfigError(
             f"INPUT.FORMAT {settings.input_format!r} is not supported: the model reads BGR images"
@@ -199,14 +205,21 @@ def config_from_detectron2(settings: Detectron2Settings) -> dict[str, Any]:
             "gradient_clipping": settings.clip_gradients,
         },
         "data": {
-            "batch_size": settings.ims_per_batch,
+            "ims_per_batch": settings.ims_per_batch,  # global, as detectron2 means it: divided among processes
             "num_workers": settings.num_workers,
             "min_size_train": settings.min_size_train,
             "max_size_train": settings.max_size_train,
+            "min_size_train_sampling": settings.min_size_train_sampling,
+            "random_flip": settings.random_flip,
+            "crop_type": settings.crop_type,
+            "crop_size": settings.crop_size,
             "min_size_test": settings.min_size_test,
             "max_size_test": settings.max_size_test,
             "filter_empty_annotations": settings.filter_empty_annotations,
             "aspect_ratio_grouping": settings.aspect_ratio_grouping,
+            "sampler_train": settings.sampler_train,
+            "repeat_threshold": settings.repeat_threshold,
+            "repeat_sqrt": settings.repeat_sqrt,
         },
         "trainer": {
             "max_steps": settings.max_iter,
@@ -216,6 +229,10 @@ def config_from_detectron2(settings: Detectron2Settings) -> dict[str, Any]:
     }
     if settings.seed >= 0:  # SEED -1 draws a random seed, as Lightning does without seed_everything
         config["seed_everything"] = settings.seed
+        config["data"]["seed"] = settings.seed
+    if training:
+        config["checkpoint_last"] = {"every_n_train_steps": settings.checkpoint_period}
+        config["reference_world_size"] = settings.reference_world_size
     return config
 
 

@@ -22,6 +22,7 @@ from segmentation.data.check import check_datamodule_splits
 from segmentation.errors import user_errors_exit
 from segmentation.training.interruption import SaveOnInterrupt, interruption_message
 from segmentation.training.metrics_json import MetricsJsonWriter
+from segmentation.training.world_size import planned_world_size, scale_to_world_size
 
 CHECKPOINT_DEFAULTS = {
     "checkpoint_last": {"filename": "last", "save_top_k": 1, "every_n_train_steps": 500},
@@ -32,8 +33,18 @@ CHECKPOINT_DEFAULTS = {
 class FitCLI(SegmentationCLI):
     """``SegmentationCLI`` plus what only training has: resuming, checkpoints, metrics.json, saving on interrupt."""
 
+    training = True
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
+        parser.add_argument(
+            "--reference_world_size",
+            type=int,
+            default=0,
+            help="detectron2's SOLVER.REFERENCE_WORLD_SIZE: the number of processes the batch, learning rate and "
+            "iteration counts were written for; with another number they are scaled as detectron2 scales them "
+            "(0: never scale).",
+        )
         parser.add_argument(
             "--ckpt_path", type=str | None, default=None, help="Resume training from this checkpoint ('last' too)."
         )
@@ -47,6 +58,9 @@ class FitCLI(SegmentationCLI):
             parser.set_defaults({f"{name}.{key}": value for key, value in defaults.items()})
             parser.set_defaults({f"{name}.enable_version_counter": False})
 
+    def before_instantiate_classes(self) -> None:
+        scale_to_world_size(self.config, planned_world_size(self.config.trainer))
+
 
 def checkpoint_dir(output_dir: str) -> str:
     return f"{output_dir}/checkpoints"
@@ -56,6 +70,7 @@ def main(args: list[str] | None = None) -> None:
     with user_errors_exit():
         cli = FitCLI(args=args, description=__doc__, results_subdir="inference")
         trainer, module, data = cli.trainer, cli.model, cli.datamodule
+        data.per_process_batch_size(trainer.world_size)  # a global batch that does not divide: before any step
         check_datamodule_splits(data, check_images=cli.config.check_images)  # every problem, before any step
         last = Path(cli.config_init["checkpoint_last"].dirpath) / "last.ckpt"
         try:

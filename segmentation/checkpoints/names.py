@@ -45,6 +45,10 @@ _D2_RULES: list[tuple[re.Pattern[str], Any]] = [
         re.compile(r"backbone\.fpn_output([2-5])\.(weight|bias)"),
         lambda m: f"backbone.fpn.layer_blocks.{int(m[1]) - 2}.0.{m[2]}",
     ),
+    (
+        re.compile(rf"backbone\.fpn_(lateral|output)([2-5])\.norm\.{_NORM}"),
+        lambda m: f"backbone.fpn.{'inner' if m[1] == 'lateral' else 'layer'}_blocks.{int(m[2]) - 2}.1.{m[3]}",
+    ),
     (re.compile(r"proposal_generator\.rpn_head\.conv\.(weight|bias)"), lambda m: f"rpn.head.conv.0.0.{m[1]}"),
     (
         re.compile(r"proposal_generator\.rpn_head\.objectness_logits\.(weight|bias)"),

@@ -10,6 +10,7 @@ torchvision and timm checkpoints all load by name. The FPN is torchvision's ``Fe
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import torch.nn.functional as F
@@ -175,7 +176,11 @@ class ResNetFPN(nn.Module):
     def __init__(self, cfg: MaskRCNNConfig) -> None:
         super().__init__()
         self.body = ResNet(cfg)
-        self.fpn = FeaturePyramidNetwork(self.body.out_channels, cfg.fpn_out_channels, extra_blocks=LastLevelMaxPool())
+        # With a norm, detectron2's FPN convs have no bias, as torchvision's do when given a norm_layer.
+        norm_layer = functools.partial(make_norm, cfg.fpn_norm) if cfg.fpn_norm else None
+        self.fpn = FeaturePyramidNetwork(
+            self.body.out_channels, cfg.fpn_out_channels, extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer
+        )
         self.out_channels = cfg.fpn_out_channels
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Norm = Literal["FrozenBN", "BN", "SyncBN", "GN"]
+FpnNorm = Literal["", "BN", "SyncBN", "GN"]
 
 
 @dataclass
@@ -28,6 +29,7 @@ class MaskRCNNConfig:
         norm: backbone normalisation (RESNETS.NORM): FrozenBN for fine-tuning, BN/SyncBN/GN to train from scratch.
         freeze_at: 0 trains everything, 1 freezes the stem, 2 the stem and res2, ... (BACKBONE.FREEZE_AT).
         fpn_out_channels: FPN width (FPN.OUT_CHANNELS).
+        fpn_norm: normalisation after each FPN conv (FPN.NORM); "" for none, as in every zoo model.
         anchor_sizes: one tuple of sizes per level P2..P6 (ANCHOR_GENERATOR.SIZES).
         anchor_aspect_ratios: height/width ratios (ANCHOR_GENERATOR.ASPECT_RATIOS).
         rpn_*: RPN matcher, sampler, top-k and NMS (MODEL.RPN.*).
@@ -51,6 +53,7 @@ class MaskRCNNConfig:
     norm: Norm = "FrozenBN"
     freeze_at: int = 2
     fpn_out_channels: int = 256
+    fpn_norm: FpnNorm = ""
     anchor_sizes: list[list[float]] = field(default_factory=lambda: [[32], [64], [128], [256], [512]])
     anchor_aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     rpn_iou_thresholds: tuple[float, float] = (0.3, 0.7)

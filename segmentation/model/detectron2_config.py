@@ -1,24 +1,27 @@
-"""Read a detectron2 ``config.yaml`` dump into our settings, refusing what we do not implement.
+"""Read a detectron2 config into our settings: every key translated, a no-op by name, or refused by name.
 
-Users arrive with a detectron2 run: the fully resolved ``config.yaml`` detectron2 writes to its OUTPUT_DIR. Mapping
-it key by key onto ``MaskRCNNConfig`` (and the input, data and solver settings) lets them reproduce that run without
-transcribing numbers by hand. A setting that would change the numbers and that we do not implement (cascade heads,
-deformable convs, flips, test-time augmentation, a different loss, ...) is refused by its detectron2 name and value,
-never ignored: silently training a different model would break the promise of detectron2's numbers. Keys of
-components a Mask R-CNN does not use (RETINANET, SEM_SEG_HEAD, PANOPTIC_FPN, ...) are ignored.
+Users arrive with a detectron2 run: the fully resolved ``config.yaml`` detectron2 writes to its OUTPUT_DIR, or one of
+detectron2's own config files with its ``_BASE_`` chain. Mapping it key by key onto ``MaskRCNNConfig`` (and the
+input, data and solver settings) lets them reproduce that run without transcribing numbers by hand. A key the file
+does not set takes detectron2's default (``detectron2_keys.yaml``, from ``detectron2/config/defaults.py``), as
+detectron2's ``get_cfg()`` would. A setting that would change the numbers and that we do not implement (cascade
+heads, deformable convs, test-time augmentation, a different loss, ...) is refused by its detectron2 name and value;
+keys that cannot matter for an FPN Mask R-CNN are listed with their reason in the same table; any other key (a typo,
+a newer detectron2's key) is refused too: nothing is silently ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, get_args
 
 import yaml
 
 from segmentation.errors import UserError
-from segmentation.model.config import MaskRCNNConfig, Norm
+from segmentation.model.config import FpnNorm, MaskRCNNConfig, Norm
 
 _MISSING = object()
 
@@ -35,7 +38,9 @@ class Detectron2Settings:
         model: the architecture (MODEL.*, TEST.DETECTIONS_PER_IMAGE).
         weights: MODEL.WEIGHTS, as written (a path, URL or ``detectron2://``); resolve with ``weights.resolve``.
         input_format: INPUT.FORMAT, ``BGR`` or ``RGB``: the channel order PIXEL_MEAN/PIXEL_STD refer to.
-        min_size_train, max_size_train: INPUT.MIN_SIZE_TRAIN (one size, "choice" sampling) and MAX_SIZE_TRAIN.
+        min_size_train, max_size_train: INPUT.MIN_SIZE_TRAIN (the sizes) and MAX_SIZE_TRAIN.
+        min_size_train_sampling, random_flip: INPUT.MIN_SIZE_TRAIN_SAMPLING and INPUT.RANDOM_FLIP.
+        crop_type, crop_size: INPUT.CROP.TYPE and SIZE when INPUT.CROP.ENABLED (crop_type None otherwise).
         min_size_test, max_size_test: INPUT.MIN_SIZE_TEST (0 disables the test resize) and MAX_SIZE_TEST.
         mask_format: INPUT.MASK_FORMAT, ``bitmask`` or ``polygon``.
         train_datasets, test_datasets: DATASETS.TRAIN / DATASETS.TEST registered names.
@@ -46,15 +51,21 @@ class Detectron2Settings:
         amp_enabled: SOLVER.AMP.ENABLED.
         checkpoint_period: SOLVER.CHECKPOINT_PERIOD.
         eval_period: TEST.EVAL_PERIOD (0: evaluate only after training).
-        num_workers, filter_empty_annotations, aspect_ratio_grouping: DATALOADER.*.
+        num_workers, filter_empty_annotations, aspect_ratio_grouping, sampler_train, repeat_threshold,
+            repeat_sqrt: DATALOADER.*.
+        reference_world_size: SOLVER.REFERENCE_WORLD_SIZE (0: no automatic scaling to the number of processes).
         seed: SEED (-1: random).
     """
 
     model: MaskRCNNConfig
     weights: str
     input_format: str
-    min_size_train: int
+    min_size_train: list[int]
     max_size_train: int
+    min_size_train_sampling: str
+    random_flip: str
+    crop_type: str | None
+    crop_size: list[float]
     min_size_test: int
     max_size_test: int
     mask_format: str
@@ -83,57 +94,115 @@ class Detectron2Settings:
     num_workers: int
     filter_empty_annotations: bool
     aspect_ratio_grouping: bool
+    sampler_train: str
+    repeat_threshold: float
+    repeat_sqrt: bool
+    reference_world_size: int
     seed: int
+
+
+@cache
+def _key_tables() -> tuple[dict[str, Any], dict[str, str]]:
+    """detectron2's defaults and the no-op keys with their reasons, from ``detectron2_keys.yaml``."""
+    tables = yaml.safe_load((Path(__file__).with_name("detectron2_keys.yaml")).read_text())
+    return tables["defaults"], tables["no_op"]
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """A detectron2 yaml with its ``_BASE_`` chain merged in (each file over its base, lists replaced whole)."""
+    path = Path(path)
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise UnsupportedConfigError(f"{path}: not a detectron2 config (a yaml mapping)")
+    base = data.pop("_BASE_", None)
+    if base is None:
+        return data
+    base_path = Path(base).expanduser()
+    base_path = base_path if base_path.is_absolute() else path.parent / base_path
+    if not base_path.is_file():
+        raise UnsupportedConfigError(
+            f"{path}: its _BASE_ {base!r} ({base_path}) does not exist; give the fully resolved config.yaml that "
+            "detectron2 writes to OUTPUT_DIR, or keep the file inside a checkout of detectron2's configs/ folder"
+        )
+    return _merge(load_config(base_path), data)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _leaf_keys(node: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in node.items():
+        if isinstance(value, Mapping) and value:
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
 
 
 def _read(path_or_dict: Mapping[str, Any] | str | Path) -> Mapping[str, Any]:
     if isinstance(path_or_dict, Mapping):
         return path_or_dict
-    with open(path_or_dict) as f:
-        data = yaml.safe_load(f)
-    return data if isinstance(data, Mapping) else {}
+    return load_config(path_or_dict)
 
 
 def is_detectron2_config(path_or_dict: Mapping[str, Any] | str | Path) -> bool:
-    """True for a detectron2 (yacs) config: a mapping with an upper-case ``MODEL`` section.
+    """True for a detectron2 (yacs) config: a mapping with an upper-case ``MODEL`` section (or a ``_BASE_``).
 
     Our LightningCLI configs use lower-case ``model``; the two can be told apart by that alone.
     """
-    try:
-        cfg = _read(path_or_dict)
-    except yaml.YAMLError:
-        return False
-    return isinstance(cfg.get("MODEL"), Mapping)
+    if isinstance(path_or_dict, Mapping):
+        cfg = path_or_dict
+    else:
+        try:
+            with open(path_or_dict) as f:
+                cfg = yaml.safe_load(f)
+        except yaml.YAMLError:
+            return False
+    return isinstance(cfg, Mapping) and (isinstance(cfg.get("MODEL"), Mapping) or "_BASE_" in cfg)
 
 
 class _Reader:
-    """Looks up dotted keys and collects every refusal, so one error can list all of them."""
+    """Looks up dotted keys (detectron2's default when the file does not set one), remembers which were read, and
+    collects every refusal, so one error can list all of them."""
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
         self.problems: list[str] = []
+        self.read: set[str] = set()
 
-    def get(self, key: str, default: Any = _MISSING) -> Any:
+    def get(self, key: str) -> Any:
+        self.read.add(key)
         node: Any = self.cfg
         for part in key.split("."):
             if not isinstance(node, Mapping) or part not in node:
-                if default is _MISSING:
-                    raise UnsupportedConfigError(
-                        f"{key} is missing: expected the fully resolved config.yaml that detectron2 writes "
-                        "(cfg.dump()), not a config with _BASE_ or a partial override"
-                    )
-                return default  # a key that only gates a feature: older detectron2 versions lack it
+                return _key_tables()[0][key]
             node = node[part]
         return node
 
-    def require(self, key: str, ok: Callable[[Any], bool], expected: str, default: Any = _MISSING) -> None:
+    def require(self, key: str, ok: Callable[[Any], bool], expected: str) -> None:
         """Refuse ``key`` (recorded, raised later with the others) unless ``ok(value)``."""
-        value = self.get(key, default)
+        value = self.get(key)
         if not ok(value):
             self.problems.append(f"{key} = {value!r} is not supported (expected {expected})")
 
-    def equal(self, key: str, accepted: Any, default: Any = _MISSING) -> None:
-        self.require(key, lambda v: v == accepted, repr(accepted), default)
+    def equal(self, key: str, accepted: Any) -> None:
+        self.require(key, lambda v: v == accepted, repr(accepted))
+
+    def check_every_key_accounted_for(self) -> None:
+        """Refuse keys that are neither read nor a listed no-op: a typo, or a key of another detectron2 version."""
+        defaults, no_op = _key_tables()
+        for key in _leaf_keys(self.cfg):
+            if key in self.read or any(key == k or key.startswith(k + ".") for k in no_op):
+                continue
+            known = "is not translated" if key in defaults else "is not a key of detectron2's defaults.py"
+            self.problems.append(f"{key} = {self.get(key)!r} {known}")
 
 
 def _floats(values: Any) -> tuple[float, ...]:
@@ -145,26 +214,26 @@ def _check_model(r: _Reader) -> None:
     m = "MODEL."
     r.equal(m + "META_ARCHITECTURE", "GeneralizedRCNN")
     r.equal(m + "MASK_ON", True)
-    r.equal(m + "KEYPOINT_ON", False, default=False)
-    r.equal(m + "LOAD_PROPOSALS", False, default=False)
+    r.equal(m + "KEYPOINT_ON", False)
+    r.equal(m + "LOAD_PROPOSALS", False)
     r.equal(m + "BACKBONE.NAME", "build_resnet_fpn_backbone")
     r.equal(m + "PROPOSAL_GENERATOR.NAME", "RPN")
-    r.equal(m + "PROPOSAL_GENERATOR.MIN_SIZE", 0, default=0)
+    r.equal(m + "PROPOSAL_GENERATOR.MIN_SIZE", 0)
 
     res = m + "RESNETS."
-    r.require(res + "DEFORM_ON_PER_STAGE", lambda v: not any(v), "no deformable convs", default=[])
-    r.equal(res + "RES5_DILATION", 1, default=1)
+    r.require(res + "DEFORM_ON_PER_STAGE", lambda v: not any(v), "no deformable convs")
+    r.equal(res + "RES5_DILATION", 1)
     r.equal(res + "OUT_FEATURES", ["res2", "res3", "res4", "res5"])
     r.require(res + "NORM", lambda v: v in get_args(Norm), f"one of {get_args(Norm)}")
 
     fpn = m + "FPN."
     r.equal(fpn + "IN_FEATURES", ["res2", "res3", "res4", "res5"])
-    r.equal(fpn + "NORM", "")
-    r.equal(fpn + "FUSE_TYPE", "sum", default="sum")
+    r.require(fpn + "NORM", lambda v: v in get_args(FpnNorm), f"one of {get_args(FpnNorm)}")
+    r.equal(fpn + "FUSE_TYPE", "sum")
 
     anchors = m + "ANCHOR_GENERATOR."
     r.equal(anchors + "NAME", "DefaultAnchorGenerator")
-    r.equal(anchors + "OFFSET", 0.0, default=0.0)
+    r.equal(anchors + "OFFSET", 0.0)
     r.require(anchors + "SIZES", lambda v: len(v) == 5, "one list of sizes per level P2..P6")
     r.require(
         anchors + "ASPECT_RATIOS",
@@ -174,22 +243,22 @@ def _check_model(r: _Reader) -> None:
 
     rpn = m + "RPN."
     r.equal(rpn + "HEAD_NAME", "StandardRPNHead")
-    r.equal(rpn + "CONV_DIMS", [-1], default=[-1])
+    r.equal(rpn + "CONV_DIMS", [-1])
     r.equal(rpn + "IN_FEATURES", ["p2", "p3", "p4", "p5", "p6"])
     r.equal(rpn + "IOU_LABELS", [0, -1, 1])
     r.equal(rpn + "BOUNDARY_THRESH", -1)
     r.equal(rpn + "BBOX_REG_WEIGHTS", [1.0, 1.0, 1.0, 1.0])
-    r.equal(rpn + "BBOX_REG_LOSS_TYPE", "smooth_l1", default="smooth_l1")
+    r.equal(rpn + "BBOX_REG_LOSS_TYPE", "smooth_l1")
     r.equal(rpn + "SMOOTH_L1_BETA", 0.0)
-    r.equal(rpn + "LOSS_WEIGHT", 1.0, default=1.0)
-    r.equal(rpn + "BBOX_REG_LOSS_WEIGHT", 1.0, default=1.0)
+    r.equal(rpn + "LOSS_WEIGHT", 1.0)
+    r.equal(rpn + "BBOX_REG_LOSS_WEIGHT", 1.0)
     r.require(rpn + "IOU_THRESHOLDS", lambda v: len(v) == 2, "two thresholds [bg, fg]")
 
     roi = m + "ROI_HEADS."
     r.equal(roi + "NAME", "StandardROIHeads")
     r.equal(roi + "IN_FEATURES", ["p2", "p3", "p4", "p5"])
     r.equal(roi + "IOU_LABELS", [0, 1])
-    r.equal(roi + "PROPOSAL_APPEND_GT", True, default=True)
+    r.equal(roi + "PROPOSAL_APPEND_GT", True)
     r.require(roi + "IOU_THRESHOLDS", lambda v: len(v) == 1, "one threshold")
 
     box = m + "ROI_BOX_HEAD."
@@ -199,12 +268,12 @@ def _check_model(r: _Reader) -> None:
     r.equal(box + "POOLER_TYPE", "ROIAlignV2")
     r.equal(box + "POOLER_SAMPLING_RATIO", 0)
     r.equal(box + "CLS_AGNOSTIC_BBOX_REG", False)
-    r.equal(box + "BBOX_REG_LOSS_TYPE", "smooth_l1", default="smooth_l1")
+    r.equal(box + "BBOX_REG_LOSS_TYPE", "smooth_l1")
     r.equal(box + "SMOOTH_L1_BETA", 0.0)  # smooth-L1 with beta 0 is the L1 loss we implement
-    r.equal(box + "BBOX_REG_LOSS_WEIGHT", 1.0, default=1.0)
-    r.equal(box + "USE_FED_LOSS", False, default=False)
-    r.equal(box + "USE_SIGMOID_CE", False, default=False)
-    r.equal(box + "TRAIN_ON_PRED_BOXES", False, default=False)
+    r.equal(box + "BBOX_REG_LOSS_WEIGHT", 1.0)
+    r.equal(box + "USE_FED_LOSS", False)
+    r.equal(box + "USE_SIGMOID_CE", False)
+    r.equal(box + "TRAIN_ON_PRED_BOXES", False)
 
     mask = m + "ROI_MASK_HEAD."
     r.equal(mask + "NAME", "MaskRCNNConvUpsampleHead")
@@ -233,6 +302,7 @@ def _model(r: _Reader) -> MaskRCNNConfig:
         norm=r.get(res + "NORM"),
         freeze_at=int(r.get(m + "BACKBONE.FREEZE_AT")),
         fpn_out_channels=int(r.get(fpn + "OUT_CHANNELS")),
+        fpn_norm=r.get(fpn + "NORM"),
         anchor_sizes=[list(_floats(level)) for level in r.get(m + "ANCHOR_GENERATOR.SIZES")],
         anchor_aspect_ratios=list(_floats(r.get(m + "ANCHOR_GENERATOR.ASPECT_RATIOS")[0])),
         rpn_iou_thresholds=(float(rpn_ious[0]), float(rpn_ious[1])),
@@ -262,66 +332,65 @@ def _model(r: _Reader) -> MaskRCNNConfig:
 
 
 def from_detectron2_config(cfg: Mapping[str, Any] | str | Path) -> Detectron2Settings:
-    """Map a fully resolved detectron2 Mask R-CNN config onto our settings.
+    """Map a detectron2 Mask R-CNN config onto our settings.
 
     Args:
-        cfg: the parsed ``config.yaml`` (or its path).
+        cfg: the parsed config (its ``_BASE_`` already merged), or the path of a yaml (its ``_BASE_`` chain is
+            resolved relative to it).
 
     Returns:
         The architecture as a ``MaskRCNNConfig`` plus the input, dataset, solver and data-loader settings.
 
     Raises:
-        UnsupportedConfigError: naming every setting we do not implement with its value, or a missing key.
+        UnsupportedConfigError: naming every setting we do not implement with its value, or a ``_BASE_`` file that
+            does not exist.
     """
     r = _Reader(_read(cfg))
-    if "_BASE_" in r.cfg:
-        raise UnsupportedConfigError(
-            f"_BASE_ = {r.cfg['_BASE_']!r}: expected the fully resolved config.yaml detectron2 writes (cfg.dump())"
-        )
     _check_model(r)
 
-    inp = "INPUT."
+    inp, sol, loader = "INPUT.", "SOLVER.", "DATALOADER."
     r.require(inp + "FORMAT", lambda v: v in ("BGR", "RGB"), "'BGR' or 'RGB'")
-    r.equal(inp + "CROP.ENABLED", False)
-    r.equal(inp + "RANDOM_FLIP", "none")
-    r.equal(inp + "MIN_SIZE_TRAIN_SAMPLING", "choice")
-    r.require(
-        inp + "MIN_SIZE_TRAIN",
-        lambda v: isinstance(v, int) or len(v) == 1,
-        "a single size (multi-scale training is not implemented)",
-    )
+    r.require(inp + "RANDOM_FLIP", lambda v: v in ("none", "horizontal", "vertical"), "none, horizontal or vertical")
+    r.require(inp + "MIN_SIZE_TRAIN_SAMPLING", lambda v: v in ("choice", "range"), "'choice' or 'range'")
+    min_train = r.get(inp + "MIN_SIZE_TRAIN")
+    min_train = [int(min_train)] if isinstance(min_train, int) else [int(v) for v in min_train]
+    if r.get(inp + "MIN_SIZE_TRAIN_SAMPLING") == "range" and len(min_train) != 2:
+        r.problems.append(f"{inp}MIN_SIZE_TRAIN = {min_train} with 'range' sampling is not [low, high]")
+    crop = bool(r.get(inp + "CROP.ENABLED"))
+    if crop:
+        crop_types = ("relative_range", "relative", "absolute", "absolute_range")
+        r.require(inp + "CROP.TYPE", lambda v: v in crop_types, " or ".join(crop_types))
     r.require(inp + "MASK_FORMAT", lambda v: v in ("bitmask", "polygon"), "'bitmask' or 'polygon'")
     r.equal("TEST.AUG.ENABLED", False)
-    r.equal("TEST.PRECISE_BN.ENABLED", False, default=False)
-    r.equal("DATASETS.PROPOSAL_FILES_TRAIN", [], default=[])
-    r.equal("DATASETS.PROPOSAL_FILES_TEST", [], default=[])
-    r.equal("DATALOADER.SAMPLER_TRAIN", "TrainingSampler")
+    r.equal("TEST.PRECISE_BN.ENABLED", False)
+    r.equal("DATASETS.PROPOSAL_FILES_TRAIN", [])
+    r.equal("DATASETS.PROPOSAL_FILES_TEST", [])
+    samplers = ("TrainingSampler", "RepeatFactorTrainingSampler")
+    r.require(loader + "SAMPLER_TRAIN", lambda v: v in samplers, " or ".join(samplers))
+    repeat = r.get(loader + "SAMPLER_TRAIN") == "RepeatFactorTrainingSampler"
 
-    sol = "SOLVER."
     r.require(
         sol + "LR_SCHEDULER_NAME",
         lambda v: v in ("WarmupMultiStepLR", "WarmupCosineLR"),
         "'WarmupMultiStepLR' or 'WarmupCosineLR'",
     )
     r.require(sol + "WARMUP_METHOD", lambda v: v in ("linear", "constant"), "'linear' or 'constant'")
-    r.equal(sol + "RESCALE_INTERVAL", False, default=False)
-    clipping = r.get(sol + "CLIP_GRADIENTS.ENABLED", default=False)
+    r.equal(sol + "RESCALE_INTERVAL", False)
+    clipping = r.get(sol + "CLIP_GRADIENTS.ENABLED")
     if clipping:
         r.require(sol + "CLIP_GRADIENTS.CLIP_TYPE", lambda v: v in ("value", "norm"), "'value' or 'norm'")
-    r.equal(sol + "REFERENCE_WORLD_SIZE", 0, default=0)
-    weight_decay_bias = r.get(sol + "WEIGHT_DECAY_BIAS", default=None)
-    if r.problems:
-        raise UnsupportedConfigError(
-            "detectron2 config uses settings this project does not implement:\n  " + "\n  ".join(r.problems)
-        )
-
-    min_train = r.get(inp + "MIN_SIZE_TRAIN")
-    return Detectron2Settings(
-        model=_model(r),
+    weight_decay_bias = r.get(sol + "WEIGHT_DECAY_BIAS")
+    model = _model(r)
+    settings = Detectron2Settings(
+        model=model,
         weights=str(r.get("MODEL.WEIGHTS")),
         input_format=r.get(inp + "FORMAT"),
-        min_size_train=int(min_train if isinstance(min_train, int) else min_train[0]),
+        min_size_train=min_train,
         max_size_train=int(r.get(inp + "MAX_SIZE_TRAIN")),
+        min_size_train_sampling=r.get(inp + "MIN_SIZE_TRAIN_SAMPLING"),
+        random_flip=r.get(inp + "RANDOM_FLIP"),
+        crop_type=r.get(inp + "CROP.TYPE") if crop else None,
+        crop_size=[float(v) for v in r.get(inp + "CROP.SIZE")],
         min_size_test=int(r.get(inp + "MIN_SIZE_TEST")),
         max_size_test=int(r.get(inp + "MAX_SIZE_TEST")),
         mask_format=r.get(inp + "MASK_FORMAT"),
@@ -334,18 +403,18 @@ def from_detectron2_config(cfg: Mapping[str, Any] | str | Path) -> Detectron2Set
         warmup_factor=float(r.get(sol + "WARMUP_FACTOR")),
         weight_decay=float(r.get(sol + "WEIGHT_DECAY")),
         momentum=float(r.get(sol + "MOMENTUM")),
-        nesterov=bool(r.get(sol + "NESTEROV", default=False)),
+        nesterov=bool(r.get(sol + "NESTEROV")),
         lr_scheduler_name=r.get(sol + "LR_SCHEDULER_NAME"),
         warmup_method=r.get(sol + "WARMUP_METHOD"),
-        base_lr_end=float(r.get(sol + "BASE_LR_END", default=0.0)),
-        bias_lr_factor=float(r.get(sol + "BIAS_LR_FACTOR", default=1.0)),
+        base_lr_end=float(r.get(sol + "BASE_LR_END")),
+        bias_lr_factor=float(r.get(sol + "BIAS_LR_FACTOR")),
         weight_decay_bias=None if weight_decay_bias is None else float(weight_decay_bias),
-        weight_decay_norm=float(r.get(sol + "WEIGHT_DECAY_NORM", default=0.0)),
+        weight_decay_norm=float(r.get(sol + "WEIGHT_DECAY_NORM")),
         clip_gradients=(
             {
                 "clip_type": r.get(sol + "CLIP_GRADIENTS.CLIP_TYPE"),
                 "clip_value": float(r.get(sol + "CLIP_GRADIENTS.CLIP_VALUE")),
-                "norm_type": float(r.get(sol + "CLIP_GRADIENTS.NORM_TYPE", default=2.0)),
+                "norm_type": float(r.get(sol + "CLIP_GRADIENTS.NORM_TYPE")),
             }
             if clipping
             else None
@@ -355,8 +424,18 @@ def from_detectron2_config(cfg: Mapping[str, Any] | str | Path) -> Detectron2Set
         amp_enabled=bool(r.get(sol + "AMP.ENABLED")),
         checkpoint_period=int(r.get(sol + "CHECKPOINT_PERIOD")),
         eval_period=int(r.get("TEST.EVAL_PERIOD")),
-        num_workers=int(r.get("DATALOADER.NUM_WORKERS")),
-        filter_empty_annotations=bool(r.get("DATALOADER.FILTER_EMPTY_ANNOTATIONS")),
-        aspect_ratio_grouping=bool(r.get("DATALOADER.ASPECT_RATIO_GROUPING")),
-        seed=int(r.get("SEED", -1)),
+        num_workers=int(r.get(loader + "NUM_WORKERS")),
+        filter_empty_annotations=bool(r.get(loader + "FILTER_EMPTY_ANNOTATIONS")),
+        aspect_ratio_grouping=bool(r.get(loader + "ASPECT_RATIO_GROUPING")),
+        sampler_train=r.get(loader + "SAMPLER_TRAIN"),
+        repeat_threshold=float(r.get(loader + "REPEAT_THRESHOLD")) if repeat else 0.0,
+        repeat_sqrt=bool(r.get(loader + "REPEAT_SQRT")) if repeat else True,
+        reference_world_size=int(r.get(sol + "REFERENCE_WORLD_SIZE")),
+        seed=int(r.get("SEED")),
     )
+    r.check_every_key_accounted_for()
+    if r.problems:
+        raise UnsupportedConfigError(
+            "detectron2 config uses settings this project does not implement:\n  " + "\n  ".join(r.problems)
+        )
+    return settings

@@ -53,12 +53,8 @@ def test_tiny_lung_config(parity_dir: Path) -> None:
     assert (m.rpn_iou_thresholds, m.rpn_post_nms_topk_train, m.rpn_pre_nms_topk_train) == ((0.3, 0.7), 1000, 2000)
     assert (m.box_head_num_fc, m.mask_head_num_conv, m.box_pooler_resolution, m.mask_pooler_resolution) == (2, 4, 7, 14)
     assert m.box_reg_weights == (10.0, 10.0, 5.0, 5.0) and m.detections_per_image == 100
-    assert (settings.min_size_train, settings.max_size_train, settings.min_size_test, settings.max_size_test) == (
-        512,
-        512,
-        512,
-        512,
-    )
+    sizes = (settings.min_size_train, settings.max_size_train, settings.min_size_test, settings.max_size_test)
+    assert sizes == ([512], 512, 512, 512)
     assert (settings.input_format, settings.mask_format, settings.weights) == ("BGR", "bitmask", "model_final.pth")
     assert (settings.train_datasets, settings.test_datasets) == (("phantom_lung_train",), ("phantom_lung_val",))
     assert (settings.base_lr, settings.max_iter, settings.ims_per_batch, settings.warmup_iters) == (1e-4, 60, 2, 0)
@@ -112,7 +108,7 @@ def test_config_detection(parity_dir: Path, tmp_path: Path) -> None:
         ("MODEL.MASK_ON", False),
         ("MODEL.RESNETS.DEFORM_ON_PER_STAGE", [False, True, True, True]),
         ("MODEL.RESNETS.RES5_DILATION", 2),
-        ("MODEL.FPN.NORM", "GN"),
+        ("MODEL.FPN.NORM", "LN"),
         ("MODEL.FPN.FUSE_TYPE", "avg"),
         ("MODEL.ANCHOR_GENERATOR.NAME", "RotatedAnchorGenerator"),
         ("MODEL.ROI_BOX_HEAD.NUM_CONV", 4),
@@ -127,9 +123,11 @@ def test_config_detection(parity_dir: Path, tmp_path: Path) -> None:
         ("MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 0.5),
         ("MODEL.RPN.SMOOTH_L1_BETA", 0.1111),
         ("INPUT.FORMAT", "L"),
-        ("INPUT.CROP.ENABLED", True),
-        ("INPUT.RANDOM_FLIP", "horizontal"),
-        ("INPUT.MIN_SIZE_TRAIN", [640, 672, 704, 736, 768, 800]),
+        ("INPUT.RANDOM_FLIP", "both"),
+        ("INPUT.MIN_SIZE_TRAIN_SAMPLING", "range_by_clipping"),
+        ("DATALOADER.SAMPLER_TRAIN", "RandomSubsetTrainingSampler"),
+        ("MODEL.ROI_HEADS.NUM_CLASSSES", 3),  # a typo: not a detectron2 key
+        ("SOLVER.WARMUP_ITER", 100),
         ("TEST.AUG.ENABLED", True),
         ("SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR"),
         ("SOLVER.RESCALE_INTERVAL", True),
@@ -142,7 +140,7 @@ def test_unsupported_settings_are_refused_by_name_and_value(tiny: dict, key: str
 
 
 def test_every_refusal_is_listed_at_once(tiny: dict) -> None:
-    cfg = with_value(with_value(tiny, "MODEL.ROI_HEADS.NAME", "CascadeROIHeads"), "INPUT.RANDOM_FLIP", "vertical")
+    cfg = with_value(with_value(tiny, "MODEL.ROI_HEADS.NAME", "CascadeROIHeads"), "INPUT.RANDOM_FLIP", "diagonal")
     with pytest.raises(UnsupportedConfigError, match=r"(?s)ROI_HEADS\.NAME.*RANDOM_FLIP"):
         from_detectron2_config(cfg)
 
@@ -152,7 +150,8 @@ def test_accepted_variants(tiny: dict) -> None:
     assert rgb.input_format == "RGB"
     assert from_detectron2_config(with_value(tiny, "MODEL.RESNETS.NORM", "GN")).model.norm == "GN"
     assert from_detectron2_config(with_value(tiny, "MODEL.ROI_MASK_HEAD.NUM_CONV", 2)).model.mask_head_num_conv == 2
-    assert from_detectron2_config(with_value(tiny, "INPUT.MIN_SIZE_TRAIN", 600)).min_size_train == 600
+    assert from_detectron2_config(with_value(tiny, "INPUT.MIN_SIZE_TRAIN", 600)).min_size_train == [600]
+    assert from_detectron2_config(with_value(tiny, "MODEL.FPN.NORM", "GN")).model.fpn_norm == "GN"
     # Components a Mask R-CNN does not use are ignored, whatever they say; so are keys older dumps lack.
     other = with_value(tiny, "MODEL.RETINANET.NUM_CONVS", 8)
     del other["MODEL"]["ROI_BOX_HEAD"]["USE_FED_LOSS"]
@@ -191,10 +190,58 @@ def test_clipping_other_than_per_tensor_is_refused(tiny: dict) -> None:
         from_detectron2_config(cfg)
 
 
-def test_unresolved_or_partial_configs_are_refused(tiny: dict) -> None:
-    with pytest.raises(UnsupportedConfigError, match="_BASE_"):
-        from_detectron2_config({"_BASE_": "../Base-RCNN-FPN.yaml", "MODEL": {"MASK_ON": True}})
+def test_detectron2_training_settings_map_onto_augmentation_sampling_and_the_run(tiny: dict) -> None:
+    cfg = tiny
+    for key, value in [
+        ("INPUT.MIN_SIZE_TRAIN", [480, 576]), ("INPUT.MIN_SIZE_TRAIN_SAMPLING", "range"),
+        ("INPUT.RANDOM_FLIP", "vertical"), ("INPUT.CROP.ENABLED", True), ("INPUT.CROP.TYPE", "absolute"),
+        ("INPUT.CROP.SIZE", [300, 320]), ("DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler"),
+        ("DATALOADER.REPEAT_THRESHOLD", 0.3), ("DATALOADER.REPEAT_SQRT", False), ("SOLVER.IMS_PER_BATCH", 8),
+        ("SOLVER.CHECKPOINT_PERIOD", 700), ("SOLVER.REFERENCE_WORLD_SIZE", 4), ("SEED", 7),
+    ]:  # fmt: skip
+        cfg = with_value(cfg, key, value)
+    ours = config_from_detectron2(from_detectron2_config(cfg))
+    data = ours["data"]
+    assert (data["min_size_train"], data["min_size_train_sampling"], data["random_flip"]) == (
+        [480, 576],
+        "range",
+        "vertical",
+    )
+    assert (data["crop_type"], data["crop_size"]) == ("absolute", [300.0, 320.0])
+    assert (data["sampler_train"], data["repeat_threshold"], data["repeat_sqrt"]) == (
+        "RepeatFactorTrainingSampler",
+        0.3,
+        False,
+    )
+    assert data["ims_per_batch"] == 8 and "batch_size" not in data  # global, divided among the processes
+    assert ours["checkpoint_last"] == {"every_n_train_steps": 700} and ours["reference_world_size"] == 4
+    assert ours["seed_everything"] == data["seed"] == 7
+    evaluation = config_from_detectron2(from_detectron2_config(cfg), training=False)
+    assert "checkpoint_last" not in evaluation and "reference_world_size" not in evaluation
+
+
+def test_keys_a_config_leaves_out_take_detectron2s_defaults(tiny: dict) -> None:
     partial = copy.deepcopy(tiny)
-    del partial["MODEL"]["RESNETS"]["DEPTH"]
-    with pytest.raises(UnsupportedConfigError, match="MODEL.RESNETS.DEPTH is missing"):
-        from_detectron2_config(partial)
+    del partial["MODEL"]["RESNETS"]["DEPTH"], partial["INPUT"]["RANDOM_FLIP"], partial["INPUT"]["MIN_SIZE_TRAIN"]
+    settings = from_detectron2_config(partial)
+    assert settings.model.depth == 50 and settings.random_flip == "horizontal"
+    assert settings.min_size_train == [800]
+
+
+def test_base_chains_resolve_relative_to_each_file_and_a_missing_base_is_named(tmp_path: Path, tiny: dict) -> None:
+    (tmp_path / "configs" / "COCO").mkdir(parents=True)
+    base = copy.deepcopy(tiny)
+    base["INPUT"]["MIN_SIZE_TRAIN"] = [640, 800]
+    (tmp_path / "configs" / "Base.yaml").write_text(yaml.safe_dump(base))
+    child = tmp_path / "configs" / "COCO" / "model.yaml"
+    child.write_text(yaml.safe_dump({"_BASE_": "../Base.yaml", "MODEL": {"RESNETS": {"DEPTH": 101}}}))
+    settings = from_detectron2_config(child)
+    assert settings.model.depth == 101 and settings.min_size_train == [640, 800]
+    assert settings.model.fpn_out_channels == tiny["MODEL"]["FPN"]["OUT_CHANNELS"]  # the rest from the base
+    assert is_detectron2_config(child)
+    orphan = tmp_path / "orphan.yaml"
+    orphan.write_text("_BASE_: ../Base-RCNN-FPN.yaml\nMODEL:\n  MASK_ON: true\n")
+    with pytest.raises(
+        UnsupportedConfigError, match=r"orphan.yaml: its _BASE_ '../Base-RCNN-FPN.yaml' .* does not exist"
+    ):
+        from_detectron2_config(orphan)

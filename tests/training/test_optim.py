@@ -25,14 +25,17 @@ def detectron2_groups(parity_dir):
 
 def _solver(overrides: list) -> dict:
     settings = dict(zip(overrides[::2], overrides[1::2], strict=True))
-    return {re.sub(r"^(SOLVER|MODEL\.\w+)\.", "", k): v for k, v in settings.items()}
+    return {re.sub(r"^(SOLVER|MODEL\.(RESNETS|BACKBONE))\.|^MODEL\.", "", k): v for k, v in settings.items()}
 
 
-@pytest.mark.parametrize("name", ["defaults_bn", "bias_factor2_bias_wd0_norm_wd0_bn"])
+@pytest.mark.parametrize("name", ["defaults_bn", "bias_factor2_bias_wd0_norm_wd0_bn", "norm_wd_1e-5_bn_fpn_bn"])
 def test_every_parameter_gets_detectron2s_lr_and_weight_decay(detectron2_groups, name):
     reference = detectron2_groups[name]
     settings = _solver(reference["config_overrides"])
-    model = build_mask_rcnn(MaskRCNNConfig(**TINY_LUNG, norm=settings["NORM"], freeze_at=settings["FREEZE_AT"]))
+    arch = MaskRCNNConfig(
+        **TINY_LUNG, norm=settings["NORM"], freeze_at=settings["FREEZE_AT"], fpn_norm=settings.get("FPN.NORM", "")
+    )
+    model = build_mask_rcnn(arch)
     defaults = reference["defaults"]
     sgd = functools.partial(
         torch.optim.SGD, lr=defaults["lr"], momentum=defaults["momentum"], weight_decay=defaults["weight_decay"]
@@ -53,7 +56,9 @@ def test_every_parameter_gets_detectron2s_lr_and_weight_decay(detectron2_groups,
     to_ours = detectron2_names_to_ours(list(reference["trainable"]))
     expected = {to_ours[name]: hyper for name, hyper in reference["trainable"].items()}
     assert ours == expected
-    assert reference["frozen"] == [] and len(ours) == sum(p.requires_grad for p in model.parameters())
+    assert len(ours) == sum(p.requires_grad for p in model.parameters())
+    frozen = detectron2_names_to_ours(reference["frozen"]) if reference["frozen"] else {}
+    assert set(frozen.values()) == {n for n, p in model.named_parameters() if not p.requires_grad}
 
 
 def test_frozen_parameters_are_left_out():
