@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from segmentation.data.datamodule import CocoDataModule
 from segmentation.data.phantom import make_phantom
+from segmentation.data.samplers import StreamItem
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
 
@@ -176,7 +178,7 @@ def training_batches(datamodule: CocoDataModule, batch_size: int, count: int) ->
     """``count`` batches of mapped phantom slices that have a lung (so every head does its full work)."""
     loader = datamodule.train_dataloader()
     dataset = loader.dataset
-    samples = [dataset[i] for i in range(len(dataset))]
+    samples = [dataset[StreamItem(i, i)] for i in range(len(dataset))]
     samples = [s for s in samples if len(s[1]["boxes"])]
     batches = []
     for b in range(count):
@@ -336,17 +338,36 @@ def time_inference(
     return {name: 1.0 / s for name, s in interleaved_medians(fns, warmup, steps, device).items()}
 
 
-def time_loader(datamodule: CocoDataModule, batches: int) -> dict[str, float]:
-    """Images/s of the training loader after its first batch (workers started), total and per worker."""
-    loader = datamodule.train_dataloader()
-    iterator: Iterator[Batch] = iter(loader)
-    next(iterator)
-    start = time.perf_counter()
-    images = sum(len(next(iterator)[0]) for _ in range(batches))
-    rate = images / (time.perf_counter() - start)
-    del iterator, loader
+def time_loader(datamodule: CocoDataModule, batches: int, rounds: int = 3) -> dict[str, float]:
+    """Images/s of the training loader after its first batch (workers started), total and per worker, without and
+    with detectron2's multi-scale resize (three sizes up to the configured one, ``choice``) and horizontal flip.
+
+    The two loaders run in alternating rounds in one process, so machine load hits both alike; each rate is the
+    median over its rounds.
+    """
+    plain = datamodule.augmentation
+    size = plain.min_sizes[-1]
+    augmented = dataclasses.replace(plain, min_sizes=(size - 64, size - 32, size), flip="horizontal")
+    rates: dict[str, list[float]] = {"plain": [], "augmented": []}
+    for _ in range(rounds):
+        for name, augmentation in (("plain", plain), ("augmented", augmented)):
+            datamodule.augmentation = augmentation
+            loader = datamodule.train_dataloader()
+            iterator: Iterator[Batch] = iter(loader)
+            next(iterator)
+            start = time.perf_counter()
+            images = sum(len(next(iterator)[0]) for _ in range(batches))
+            rates[name].append(images / (time.perf_counter() - start))
+            del iterator, loader
+    datamodule.augmentation = plain
+    rate, augmented_rate = statistics.median(rates["plain"]), statistics.median(rates["augmented"])
     workers = max(datamodule.num_workers, 1)
-    return {"images_per_s": rate, "images_per_s_per_worker": rate / workers}
+    return {
+        "images_per_s": rate,
+        "images_per_s_per_worker": rate / workers,
+        "augmented_images_per_s": augmented_rate,
+        "augmented_ratio": augmented_rate / rate,
+    }
 
 
 def _free_port() -> int:
@@ -427,6 +448,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         loader = time_loader(datamodule, args.loader_batches)
     result["loader_images_per_s"] = loader["images_per_s"]
     result["loader_images_per_s_per_worker"] = loader["images_per_s_per_worker"]
+    result["loader_multiscale_flip_images_per_s"] = loader["augmented_images_per_s"]
+    result["loader_multiscale_flip_ratio"] = loader["augmented_ratio"]
 
     builds = {"ours": lambda: build_mask_rcnn(cfg.arch), "stock": lambda: build_stock(cfg)}
     device_batches = {
@@ -481,6 +504,12 @@ def format_table(result: dict[str, Any]) -> str:
             )
     rows.append(("loader images/s (total)", f"{result['loader_images_per_s']:.2f}"))
     rows.append(("loader images/s per worker", f"{result['loader_images_per_s_per_worker']:.2f}"))
+    rows.append(
+        (
+            "loader images/s with multi-scale + flip (ratio)",
+            f"{result['loader_multiscale_flip_images_per_s']:.2f} ({result['loader_multiscale_flip_ratio']:.2f}x)",
+        )
+    )
     rows.append(
         (
             "inference images/s ours / stock (fp32, b1)",

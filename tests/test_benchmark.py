@@ -33,6 +33,8 @@ REQUIRED_KEYS = {
     "ratio",
     "loader_images_per_s",
     "loader_images_per_s_per_worker",
+    "loader_multiscale_flip_images_per_s",
+    "loader_multiscale_flip_ratio",
     "inference_images_per_s",
     "peak_memory_mb",
     "peak_host_rss_mb",

@@ -44,14 +44,19 @@ def resize_shortest_edge(image: np.ndarray, min_size: int, max_size: int) -> np.
     return ImageTransform.resize(image.shape[0], image.shape[1], min_size, max_size).apply_image(image)
 
 
-def _load_transformed(record: ImageRecord, transform: ImageTransform, window: CtWindow) -> np.ndarray:
+def _load_chw(record: ImageRecord, transform: ImageTransform, window: CtWindow) -> torch.Tensor:
+    """The decoded, transformed image as a uint8 ``(3, H, W)`` BGR tensor.
+
+    A grey image (every CT slice) goes through the transform as one channel and is replicated afterwards: PIL
+    resamples each band of an RGB image with the same integer arithmetic as a single-band image, so the bytes are
+    those of the three-channel path at a third of the resize cost, which is what multi-scale training pays per image.
+    """
     image = read_image_bgr(record.file_name, window)
     check_image_size(record, image)
-    return transform.apply_image(image)
-
-
-def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    if np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]):
+        grey = transform.apply_image(image[..., 0])
+        return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(grey, (3, *grey.shape))))
+    return torch.from_numpy(np.ascontiguousarray(transform.apply_image(image).transpose(2, 0, 1)))
 
 
 def map_for_inference(
@@ -75,11 +80,11 @@ def map_for_inference(
         (original) size, to which the model rescales its outputs.
     """
     transform = ImageTransform.resize(record.height, record.width, min_size, max_size)
-    image = _load_transformed(record, transform, window)
+    image = _load_chw(record, transform, window)
     info = {"image_id": record.image_id, "height": record.height, "width": record.width, "file_name": record.file_name}
     if categories is not None:
         info["target"] = _training_target(record, transform, categories)
-    return _to_chw_tensor(image), info
+    return image, info
 
 
 def map_for_training(
@@ -107,8 +112,7 @@ def map_for_training(
         ``(image, target)``: image uint8 ``(3, H, W)`` BGR; target ``boxes`` float32 ``(N, 4)`` xyxy in output
         pixels, ``labels`` int64 ``(N,)``, ``masks`` uint8 ``(N, H, W)``, ``image_id`` int. ``N`` may be 0.
     """
-    image = _load_transformed(record, transform, window)
-    return _to_chw_tensor(image), _training_target(record, transform, categories)
+    return _load_chw(record, transform, window), _training_target(record, transform, categories)
 
 
 def _training_target(record: ImageRecord, transform: ImageTransform, categories: Sequence[Category]) -> dict[str, Any]:
