@@ -43,6 +43,7 @@ if str(REPO) not in sys.path:  # run as ``python scripts/parity_report.py`` from
 
 from segmentation.checkpoints.loading import load_weights  # noqa: E402
 from segmentation.checkpoints.names import detectron2_names_to_ours  # noqa: E402
+from segmentation.data.augmentation import ImageTransform, resized_shape  # noqa: E402
 from segmentation.data.coco import load_coco_json  # noqa: E402
 from segmentation.data.images import read_image_bgr  # noqa: E402
 from segmentation.data.mapper import map_for_inference, map_for_training  # noqa: E402
@@ -83,7 +84,7 @@ X101 = MaskRCNNConfig(num_classes=80, depth=101, num_groups=32, width_per_group=
 SIZE = 512
 LEVELS = {"p2": "0", "p3": "1", "p4": "2", "p5": "3", "p6": "pool"}
 SCHEDULES = ("seed_recipe_multistep", "multistep_constant_warmup", "cosine_linear_warmup", "cosine_base_lr_end")
-PARAM_GROUP_CONFIGS = ("defaults_bn", "bias_factor2_bias_wd0_norm_wd0_bn")
+PARAM_GROUP_CONFIGS = ("defaults_bn", "bias_factor2_bias_wd0_norm_wd0_bn", "norm_wd_1e-5_bn_fpn_bn")
 CLIPPINGS = ("value_0.1", "norm_1.0", "norm_inf_0.5")
 
 
@@ -353,7 +354,9 @@ def training_losses(parity_dir: Path) -> Row:
         reference = references[batch]
         images, targets = [], []
         for name in reference["file_names"]:
-            image, target = map_for_training(by_name[name], SIZE, SIZE, split.categories)
+            record = by_name[name]
+            resize = ImageTransform.resize(record.height, record.width, SIZE, SIZE)
+            image, target = map_for_training(record, resize, split.categories)
             images.append(image)
             targets.append(target)
         if [len(t["labels"]) for t in targets] != reference["gt_instances_after_mapper"]:
@@ -463,7 +466,7 @@ def lr_schedules(parity_dir: Path) -> Row:
 
 
 def param_groups(parity_dir: Path) -> Row:
-    """lr and weight decay of every trainable parameter, 2 configs (tests/training/test_optim.py)."""
+    """lr and weight decay of every trainable parameter, 3 configs (tests/training/test_optim.py)."""
     references = json.loads((parity_dir / "solver_and_augmentation" / "param_groups.json").read_text())
     tiny_arch = dict(depth=50, num_groups=4, width_per_group=4, res2_out_channels=64, fpn_out_channels=64,
                      box_head_fc_dim=256, mask_head_conv_dim=64)  # fmt: skip
@@ -472,10 +475,13 @@ def param_groups(parity_dir: Path) -> Row:
         reference = references[name]
         overrides = reference["config_overrides"]
         settings = {
-            re.sub(r"^(SOLVER|MODEL\.\w+)\.", "", k): v
+            re.sub(r"^(SOLVER|MODEL\.(RESNETS|BACKBONE))\.|^MODEL\.", "", k): v
             for k, v in dict(zip(overrides[::2], overrides[1::2], strict=True)).items()
         }
-        model = build_mask_rcnn(MaskRCNNConfig(**tiny_arch, norm=settings["NORM"], freeze_at=settings["FREEZE_AT"]))
+        arch = MaskRCNNConfig(
+            **tiny_arch, norm=settings["NORM"], freeze_at=settings["FREEZE_AT"], fpn_norm=settings.get("FPN.NORM", "")
+        )
+        model = build_mask_rcnn(arch)
         defaults = reference["defaults"]
         sgd = functools.partial(
             torch.optim.SGD, lr=defaults["lr"], momentum=defaults["momentum"], weight_decay=defaults["weight_decay"]
@@ -495,7 +501,9 @@ def param_groups(parity_dir: Path) -> Row:
         to_ours = detectron2_names_to_ours(list(reference["trainable"]))
         expected = {to_ours[n]: hyper for n, hyper in reference["trainable"].items()}
         mismatches += sum(ours.get(n) != hyper for n, hyper in expected.items()) + len(set(ours) - set(expected))
-        mismatches += len(reference["frozen"]) + abs(len(ours) - sum(p.requires_grad for p in model.parameters()))
+        frozen = set(detectron2_names_to_ours(reference["frozen"]).values()) if reference["frozen"] else set()
+        mismatches += len(frozen ^ {n for n, p in model.named_parameters() if not p.requires_grad})
+        mismatches += abs(len(ours) - sum(p.requires_grad for p in model.parameters()))
     return Row(
         "param_groups",
         f"parameter groups (lr, weight decay per parameter), {len(PARAM_GROUP_CONFIGS)} configs",
@@ -503,6 +511,41 @@ def param_groups(parity_dir: Path) -> Row:
         {"mismatches": 0.0},
         "identical" if mismatches == 0 else f"{mismatches} parameters differ",
         "exact",
+    )
+
+
+def augmentation(parity_dir: Path) -> Row:
+    """Mapped image, masks and boxes under fixed resizes x flips, crops and a binding MAX_SIZE
+    (tests/data/test_augmentation.py)."""
+    dataset = parity_dir / "tiny_lung" / "dataset"
+    split = load_coco_json(dataset / "coco_val_lung.json", dataset / "val")
+    by_name = {Path(r.file_name).name: r for r in split.images}
+    folder = parity_dir / "solver_and_augmentation"
+    cases = [*json.loads((folder / "augmentation.json").read_text()).values()]
+    cases += json.loads((folder / "augmentation_crop_maxsize_empty.json").read_text()).values()
+    differing, worst_box = 0, 0.0
+    for case in cases:
+        record = by_name[case["file_name"]]
+        crop = tuple(case["crop_xywh"]) if case.get("crop_xywh") else None
+        h, w = (crop[3], crop[2]) if crop else (record.height, record.width)
+        size = resized_shape(h, w, case["min_size"], case["max_size"])
+        transform = ImageTransform(record.height, record.width, crop, *size, flip=case["flip"])
+        image, target = map_for_training(record, transform, split.categories)
+        image_md5 = hashlib.md5(np.ascontiguousarray(image.numpy()).tobytes()).hexdigest()
+        mask_md5 = hashlib.md5(np.ascontiguousarray(target["masks"].numpy()).tobytes()).hexdigest()
+        differing += (image_md5 != case["image_md5"]) + (mask_md5 != case["mask_md5"])
+        expected = torch.tensor(case["gt_boxes"], dtype=torch.float32).reshape(-1, 4)
+        if expected.shape != target["boxes"].shape:
+            worst_box = math.inf
+        elif len(expected):
+            worst_box = max(worst_box, float((target["boxes"] - expected).abs().max()))
+    return Row(
+        "augmentation",
+        f"training augmentation ({len(cases)} cases: resizes x flips, crops, MAX_SIZE, an empty slice)",
+        {"differing_md5": float(differing), "box_px": worst_box},
+        {"differing_md5": 0.0, "box_px": 1e-4},
+        f"images and masks identical, boxes {worst_box:.1g} px" if differing == 0 else f"{differing} md5 differ",
+        "identical / boxes 1e-4 px",
     )
 
 
@@ -545,6 +588,7 @@ def measure(parity_dir: Path, *, threads: int = 2) -> list[Row]:
         rows += [tiny_features(model, parity_dir), x101_outputs(parity_dir), proposals(model, parity_dir)]
         rows += [predictions(model, parity_dir), training_losses(parity_dir), *coco_ap(parity_dir)]
         rows += [lr_schedules(parity_dir), param_groups(parity_dir), gradient_clipping(parity_dir)]
+        rows += [augmentation(parity_dir)]
     finally:
         torch.set_num_threads(previous)
     return rows

@@ -32,6 +32,7 @@ ROWS = [
     "lr_schedules",
     "param_groups",
     "gradient_clipping",
+    "augmentation",
 ]
 
 
