@@ -109,8 +109,11 @@ def assert_same_run(resumed, uninterrupted):
 def test_a_signal_saves_a_checkpoint_and_the_resumed_run_equals_the_uninterrupted_one(
     phantom, uninterrupted, tmp_path, sig
 ):
-    code, output = start_and_stop(fit_command(phantom, tmp_path), tmp_path, sig)
+    # No periodic checkpoint falls inside the run, so last.ckpt can only be the one saved on the signal.
+    command = fit_command(phantom, tmp_path, "--checkpoint_last.every_n_train_steps=1000")
+    code, output = start_and_stop(command, tmp_path, sig)
     assert code == 1, output  # a clean exit with a message, not death by the signal
+    assert (tmp_path / "checkpoints/last.ckpt").exists(), "nothing was saved on the signal"
     assert "resume with --ckpt_path last" in output and "Traceback" not in output
     resume_and_check(phantom, tmp_path, uninterrupted)
 
