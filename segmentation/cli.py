@@ -224,3 +224,18 @@ def config_from_detectron2(settings: Detectron2Settings) -> dict[str, Any]:
 def config_given(cli: SegmentationCLI) -> bool:
     """Whether the user passed ``--config`` (else a command may take the architecture from the checkpoint)."""
     return bool(cli.config.get("config"))
+
+
+def refuse_partial_evaluation(trainer: Trainer, datamodule: CocoDataModule) -> None:
+    """Refuse ``--trainer.limit_val_batches``/``limit_test_batches`` below all of a given split, before training.
+
+    The evaluator scores against every image of the json, so predictions for only the first batches would count
+    every other image as missed: an AP that looks real and is not. Evaluating a subset means a smaller json.
+    """
+    for split in ("val", "test"):
+        limit = getattr(trainer, f"limit_{split}_batches")
+        if getattr(datamodule, f"{split}_json") is not None and not (isinstance(limit, float) and limit == 1.0):
+            raise ConfigError(
+                f"--trainer.limit_{split}_batches {limit} would evaluate part of --data.{split}_json while its AP "
+                f"counts every image of the json; leave it at 1.0 and give a smaller json to evaluate a subset"
+            )
