@@ -18,7 +18,7 @@ import torch
 import yaml
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
 from segmentation.checkpoints.io import SafeCheckpointIO
@@ -30,6 +30,7 @@ from segmentation.model.detectron2_config import (
     from_detectron2_config,
     is_detectron2_config,
 )
+from segmentation.training.csv_logger import ResumableCSVLogger
 from segmentation.training.module import MaskRCNNModule
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -83,7 +84,7 @@ class SegmentationCLI(LightningCLI):
         output_dir = self._get(self.config, "output_dir")
         kwargs["default_root_dir"] = output_dir
         if config.get("logger") in (None, True):
-            kwargs["logger"] = default_loggers(output_dir)
+            kwargs["logger"] = default_loggers(output_dir, resume=bool(self.config.get("ckpt_path")))
         if config.get("val_check_interval") is None and config.get("max_steps", -1) > 0:
             # Evaluate once, after the last step: Lightning counts this interval in batches, not optimizer steps.
             kwargs["val_check_interval"] = config["max_steps"] * (config.get("accumulate_grad_batches") or 1)
@@ -116,9 +117,10 @@ class SaveConfigToRunDir(SaveConfigCallback):
         self.parser.save(self.config, str(path), skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
 
 
-def default_loggers(output_dir: str) -> list[Logger]:
-    """CSV always, TensorBoard when installed, both writing straight into ``output_dir``."""
-    loggers: list[Logger] = [CSVLogger(output_dir, name="", version="")]
+def default_loggers(output_dir: str, *, resume: bool = False) -> list[Logger]:
+    """CSV always, TensorBoard when installed, both writing straight into ``output_dir``; ``resume`` keeps the rows
+    of ``metrics.csv`` from before a ``--ckpt_path`` resume (Lightning's CSVLogger would delete them)."""
+    loggers: list[Logger] = [ResumableCSVLogger(output_dir, name="", version="", resume=resume)]
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(TensorBoardLogger(output_dir, name="", version="", default_hp_metric=False))
     return loggers
@@ -239,3 +241,18 @@ def config_from_detectron2(settings: Detectron2Settings, training: bool = True) 
 def config_given(cli: SegmentationCLI) -> bool:
     """Whether the user passed ``--config`` (else a command may take the architecture from the checkpoint)."""
     return bool(cli.config.get("config"))
+
+
+def refuse_partial_evaluation(trainer: Trainer, datamodule: CocoDataModule) -> None:
+    """Refuse ``--trainer.limit_val_batches``/``limit_test_batches`` below all of a given split, before training.
+
+    The evaluator scores against every image of the json, so predictions for only the first batches would count
+    every other image as missed: an AP that looks real and is not. Evaluating a subset means a smaller json.
+    """
+    for split in ("val", "test"):
+        limit = getattr(trainer, f"limit_{split}_batches")
+        if getattr(datamodule, f"{split}_json") is not None and not (isinstance(limit, float) and limit == 1.0):
+            raise ConfigError(
+                f"--trainer.limit_{split}_batches {limit} would evaluate part of --data.{split}_json while its AP "
+                f"counts every image of the json; leave it at 1.0 and give a smaller json to evaluate a subset"
+            )

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segmentation.cli import SegmentationCLI
+from segmentation.cli import SegmentationCLI, refuse_partial_evaluation
 from segmentation.data.check import check_datamodule_splits
 from segmentation.errors import ConfigError, user_errors_exit
 from segmentation.evaluation.coco_evaluator import evaluate_results_file
@@ -33,6 +33,7 @@ def main(args: list[str] | None = None) -> None:
         cli = SegmentationCLI(args=args, description=__doc__, results_subdir="")
         if cli.datamodule.val_json is None:
             raise ConfigError("give the split to evaluate with --data.val_json and --data.val_images")
+        refuse_partial_evaluation(cli.trainer, cli.datamodule)
         check_datamodule_splits(cli.datamodule, check_images=cli.config.check_images)
         cli.trainer.validate(cli.model, datamodule=cli.datamodule)
 

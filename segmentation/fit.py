@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from segmentation.cli import SegmentationCLI
+from segmentation.cli import SegmentationCLI, refuse_partial_evaluation
 from segmentation.data.check import check_datamodule_splits
 from segmentation.errors import user_errors_exit
 from segmentation.training.interruption import SaveOnInterrupt, interruption_message
@@ -71,6 +71,7 @@ def main(args: list[str] | None = None) -> None:
         cli = FitCLI(args=args, description=__doc__, results_subdir="inference")
         trainer, module, data = cli.trainer, cli.model, cli.datamodule
         data.per_process_batch_size(trainer.world_size)  # a global batch that does not divide: before any step
+        refuse_partial_evaluation(trainer, data)
         check_datamodule_splits(data, check_images=cli.config.check_images)  # every problem, before any step
         last = Path(cli.config_init["checkpoint_last"].dirpath) / "last.ckpt"
         try:

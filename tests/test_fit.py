@@ -1,11 +1,14 @@
 """``python -m segmentation.fit``: one command trains, evaluates val and test, and leaves a resumable run directory."""
 
+import inspect
 import json
+import re
 
 import pytest
 import torch
 import yaml
 
+from segmentation.data.datamodule import CocoDataModule
 from segmentation.data.phantom import make_phantom
 from segmentation.fit import main
 from segmentation.model.config import MaskRCNNConfig
@@ -91,6 +94,27 @@ def test_resume_continues_at_the_next_step_without_duplicate_lines(phantom, tmp_
     quickstart = Schedule(warmup_iters=100, milestones=[350, 450])
     assert training[1]["lr"] == 1e-3 * lr_multiplier(quickstart, base_lr=1e-3, max_iter=5)(4)
     assert [line["iteration"] for line in lines if "bbox/AP" in line] == [3, 5]
+
+
+def help_texts(help_output: str, prefix: str) -> dict[str, str]:
+    """``--help`` option name -> its help text (without the metavar and the ``(type: ..., default: ...)`` suffix)."""
+    blocks = re.findall(rf"^  --{re.escape(prefix)}(\w+)(.*(?:\n {{3,}}.*)*)", help_output, flags=re.MULTILINE)
+    texts = {}
+    for name, block in blocks:
+        words = " ".join(block.split())
+        words = re.sub(r"^([A-Z_]+|\{[^}]*\})\s*", "", words)  # the metavar: NAME or {choice,...}
+        texts[name] = words.split("(type:", 1)[0].strip()
+    return texts
+
+
+def test_help_describes_every_data_option(capsys):
+    """jsonargparse takes option help from the CocoDataModule docstring: an argument it cannot parse shows none."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    texts = help_texts(capsys.readouterr().out, "data.")
+    assert set(texts) == set(inspect.signature(CocoDataModule).parameters)
+    assert [name for name, text in texts.items() if not text] == []
 
 
 RECIPE = "configs/mask_rcnn_X_101_32x8d_FPN_3x.yaml"

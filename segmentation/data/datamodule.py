@@ -145,35 +145,43 @@ class CocoDataModule(pl.LightningDataModule):
         window_width: float = LUNG_CT.width,
         intensity_offset: float = LUNG_CT.intensity_offset,
     ) -> None:
-        """Args:
-        train_json, train_images: training json and the folder its file names are relative to.
-        val_json, val_images: validation json and image folder (evaluated after training).
-        test_json, test_images: test json and image folder.
-        batch_size: training images per batch per process.
-        ims_per_batch: the global training batch, as detectron2's SOLVER.IMS_PER_BATCH: each process takes
-            ims_per_batch / world size images (refused when it does not divide); replaces batch_size when given.
-        num_workers: DataLoader worker processes per loader.
-        min_size_train: training shortest-edge size, or sizes (INPUT.MIN_SIZE_TRAIN, e.g. [480, 512, 544]).
-        max_size_train: longest-edge cap of the training resize (INPUT.MAX_SIZE_TRAIN).
-        min_size_train_sampling: "choice" draws one of min_size_train per image, "range" a size in
-            [min_size_train[0], min_size_train[1]] (INPUT.MIN_SIZE_TRAIN_SAMPLING).
-        random_flip: "none", "horizontal" or "vertical": flip each training image with probability 0.5
-            (INPUT.RANDOM_FLIP; detectron2's default is horizontal, the recipe's none).
-        crop_type: random crop before the resize (INPUT.CROP.TYPE when INPUT.CROP.ENABLED): "relative_range",
-            "relative", "absolute" or "absolute_range"; None: no crop. Boxes are then recomputed from the masks.
-        crop_size: INPUT.CROP.SIZE: [h, w] fractions for the relative types, pixels ([min, max] for absolute_range).
-        min_size_test, max_size_test: inference ResizeShortestEdge sizes (INPUT.MIN/MAX_SIZE_TEST).
-        filter_empty_annotations: drop training images without a non-crowd annotation
-            (DATALOADER.FILTER_EMPTY_ANNOTATIONS).
-        aspect_ratio_grouping: never mix landscape and portrait images in a batch (DATALOADER.ASPECT_RATIO_GROUPING).
-        sampler_train: DATALOADER.SAMPLER_TRAIN: "TrainingSampler" (seeded permutations) or
-            "RepeatFactorTrainingSampler" (images of rare categories repeated, as for LVIS or imbalanced data).
-        repeat_threshold: DATALOADER.REPEAT_THRESHOLD: categories in fewer than this fraction of images repeat.
-        repeat_sqrt: DATALOADER.REPEAT_SQRT: repeat by sqrt(threshold / frequency) rather than the ratio itself.
-        seed: seed of the training stream and of the augmentation draws (the same on every rank).
-        allow_outside_root: accept json file names that resolve outside their image folder.
-        window_center, window_width: the HU window of 16-bit (and 32-bit) slices; 8-bit images are read as they are.
-        intensity_offset: 16-bit slices store HU + this value (1024 in the usual CT export).
+        """The ``--data.*`` options; each argument below is one option's ``--help`` text.
+
+        Args:
+            train_json: training COCO instance json.
+            train_images: the folder the training json's file names are relative to.
+            val_json: validation json (evaluated during and after training; its segm AP picks best.ckpt).
+            val_images: the folder the validation json's file names are relative to.
+            test_json: test json (evaluated with the final weights).
+            test_images: the folder the test json's file names are relative to.
+            batch_size: training images per batch per process.
+            ims_per_batch: the global training batch, as detectron2's SOLVER.IMS_PER_BATCH: each process takes
+                ims_per_batch / world size images (refused when it does not divide); replaces batch_size when given.
+            num_workers: DataLoader worker processes per loader.
+            min_size_train: training shortest-edge size, or sizes (INPUT.MIN_SIZE_TRAIN, e.g. [480, 512, 544]).
+            max_size_train: longest-edge cap of the training resize (INPUT.MAX_SIZE_TRAIN).
+            min_size_train_sampling: "choice" draws one of min_size_train per image, "range" a size in
+                [min_size_train[0], min_size_train[1]] (INPUT.MIN_SIZE_TRAIN_SAMPLING).
+            random_flip: "none", "horizontal" or "vertical": flip each training image with probability 0.5
+                (INPUT.RANDOM_FLIP; detectron2's default is horizontal, the recipe's none).
+            crop_type: random crop before the resize (INPUT.CROP.TYPE when INPUT.CROP.ENABLED): "relative_range",
+                "relative", "absolute" or "absolute_range"; None: no crop. Boxes are then recomputed from the masks.
+            crop_size: INPUT.CROP.SIZE: [h, w] fractions for the relative types, pixels ([min, max] for absolute_range).
+            min_size_test: inference ResizeShortestEdge shortest-edge size (INPUT.MIN_SIZE_TEST).
+            max_size_test: inference ResizeShortestEdge longest-edge cap (INPUT.MAX_SIZE_TEST).
+            filter_empty_annotations: drop training images without a non-crowd annotation
+                (DATALOADER.FILTER_EMPTY_ANNOTATIONS).
+            aspect_ratio_grouping: never mix landscape and portrait images in a batch
+                (DATALOADER.ASPECT_RATIO_GROUPING).
+            sampler_train: DATALOADER.SAMPLER_TRAIN: "TrainingSampler" (seeded permutations) or
+                "RepeatFactorTrainingSampler" (images of rare categories repeated, as for LVIS or imbalanced data).
+            repeat_threshold: DATALOADER.REPEAT_THRESHOLD: categories in fewer than this fraction of images repeat.
+            repeat_sqrt: DATALOADER.REPEAT_SQRT: repeat by sqrt(threshold / frequency) rather than the ratio itself.
+            seed: seed of the training stream and of the augmentation draws (the same on every rank).
+            allow_outside_root: accept json file names that resolve outside their image folder.
+            window_center: the HU window centre of 16-bit (and 32-bit) slices; 8-bit images are read as they are.
+            window_width: the HU window width of 16-bit (and 32-bit) slices.
+            intensity_offset: 16-bit slices store HU + this value (1024 in the usual CT export).
         """
         super().__init__()
         for name, json_path, images in (

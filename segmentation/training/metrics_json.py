@@ -19,6 +19,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from segmentation.training.csv_logger import ResumableCSVLogger
+
 
 class MetricsJsonWriter(pl.Callback):
     """Write ``<log_dir>/metrics.json`` as detectron2's JSONWriter + PeriodicWriter do.
@@ -56,6 +58,9 @@ class MetricsJsonWriter(pl.Callback):
             lines = [json.loads(line) for line in path.read_text().splitlines() if line]
             kept = [line for line in lines if _written_at_step(line) <= trainer.global_step]
             path.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in kept))
+        for logger in trainer.loggers:  # the CSV log of a resumed run, trimmed by the same rule
+            if isinstance(logger, ResumableCSVLogger):
+                logger.drop_rows_after(trainer.global_step)
         self._last_end = time.perf_counter()
 
     def on_train_batch_start(
