@@ -19,9 +19,8 @@ from PIL import Image
 from segmentation.checkpoints.loading import load_trained
 from segmentation.data.images import LUNG_CT, CtWindow, read_image_bgr, window_slice
 from segmentation.errors import ConfigError
+from segmentation.inference.runtimes import RUNTIMES, RuntimeModel, check_runtime  # noqa: F401 (RUNTIMES: API)
 from segmentation.model.config import MaskRCNNConfig
-
-RUNTIMES = ("torch",)  # inference/runtimes.py (onnxruntime, openvino) plugs in here
 
 
 def to_bgr_uint8(
@@ -54,7 +53,8 @@ class Predictor:
         weights: our Lightning ``.ckpt`` (records its architecture) or a detectron2/torch file with ``config``.
         config: the architecture, needed for files that do not record one.
         device: torch device for inference.
-        runtime: ``torch``; other runtimes are refused until ``inference/runtimes.py`` provides them.
+        runtime: ``torch``, or ``onnxruntime`` / ``openvino`` (CPU; the graph is exported on first use and cached,
+            see ``segmentation.inference``). With those, ``weights`` may also be a runtime ``.onnx`` graph.
         min_size, max_size: test-time ResizeShortestEdge sizes (the data section's ``min/max_size_test``).
     """
 
@@ -69,10 +69,17 @@ class Predictor:
         max_size: int = 512,
         **image_options: Any,
     ) -> None:
-        if runtime not in RUNTIMES:
-            raise ConfigError(f"runtime {runtime!r} is not available in this build; use one of {', '.join(RUNTIMES)}")
-        model, self.class_names, _ = load_trained(weights, config)
-        self.model = model.to(device=torch.device(device), dtype=torch.float32).eval()
+        check_runtime(runtime)
+        self.runtime = runtime
+        if runtime != "torch" and Path(weights).suffix == ".onnx":
+            self.model: Any = RuntimeModel.from_onnx(runtime, weights)
+            self.class_names = self.model.class_names
+        else:
+            model, self.class_names, _ = load_trained(weights, config)
+            if runtime == "torch":
+                self.model = model.to(device=torch.device(device), dtype=torch.float32).eval()
+            else:
+                self.model = RuntimeModel.cached(runtime, weights, config, model.float().eval(), self.class_names)
         self.min_size, self.max_size, self.image_options = min_size, max_size, image_options
 
     def __call__(self, image: Any) -> dict[str, Any] | list[dict[str, Any]]:
@@ -84,8 +91,12 @@ class Predictor:
         bgr = to_bgr_uint8(image, **self.image_options)
         detections = predict_images(self.model, [bgr], self.min_size, self.max_size)[0]
         out = {name: value.numpy() for name, value in detections.items()}
-        out["class_names"] = [self.class_names[int(k) - 1] for k in out["labels"]]
+        out["class_names"] = [self._name(int(k)) for k in out["labels"]]
         return out
+
+    def _name(self, label: int) -> str:
+        """Label 1..K's class name (``class_k`` for a graph that records none)."""
+        return self.class_names[label - 1] if label <= len(self.class_names) else f"class_{label}"
 
     def draw(self, image: Any, detections: dict[str, Any], score_threshold: float = 0.0) -> Image.Image:
         """The overlay ``segmentation.predict`` saves, for these detections."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import types
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from segmentation.checkpoints.loading import load_for_command
 from segmentation.cli import SegmentationCLI, config_given
 from segmentation.data.images import read_image_bgr
 from segmentation.errors import user_errors_exit
-from segmentation.model import poolers, postprocess
+from segmentation.model import poolers, postprocess, roi_heads, rpn
 from segmentation.model.mask_rcnn import MaskRCNN
 
 OPSET = 17
@@ -72,17 +73,30 @@ def _single_image_inference(
     return [result]
 
 
+def _traced_clip_boxes(boxes: Tensor, size: tuple[Tensor | int, Tensor | int]) -> Tensor:
+    """torchvision's ``clip_boxes_to_image``, but the traced image size stays a graph value (torchvision's tracing
+    branch wraps it in ``torch.tensor``, which the tracer records as the traced image's constant)."""
+    height, width = (torch.as_tensor(v, dtype=boxes.dtype) for v in size)
+    x = torch.minimum(boxes[..., 0::2].clamp(min=0), width)
+    y = torch.minimum(boxes[..., 1::2].clamp(min=0), height)
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+
+
 @contextlib.contextmanager
 def traceable(model: MaskRCNN) -> Iterator[None]:
-    """While tracing one image: rois, detections and mask pasting computed without image-dependent Python numbers."""
+    """While tracing one image: rois, detections, box clipping and mask pasting computed without image-dependent
+    Python numbers, so that the graph also holds at other image sizes."""
     saved_rois, saved_chunk = poolers.rois_with_batch_index, postprocess.PASTE_PIXELS_PER_CHUNK
+    saved_clips = rpn.clip_boxes_to_image, roi_heads.clip_boxes_to_image
     poolers.rois_with_batch_index = _single_image_rois
     postprocess.PASTE_PIXELS_PER_CHUNK = sys.maxsize  # one paste for all detections
+    rpn.clip_boxes_to_image = roi_heads.clip_boxes_to_image = _traced_clip_boxes
     model.roi_heads.inference = types.MethodType(_single_image_inference, model.roi_heads)
     try:
         yield
     finally:
         poolers.rois_with_batch_index, postprocess.PASTE_PIXELS_PER_CHUNK = saved_rois, saved_chunk
+        rpn.clip_boxes_to_image, roi_heads.clip_boxes_to_image = saved_clips
         del model.roi_heads.inference
 
 
@@ -118,6 +132,58 @@ def export_onnx(model: MaskRCNN, output: str | Path, sample: Tensor) -> Path:
             input_names=["image"],
             output_names=OUTPUT_NAMES,
             dynamic_axes={name: {0: "detections"} for name in OUTPUT_NAMES},
+        )
+    return output
+
+
+RUNTIME_OUTPUT_NAMES = ["boxes", "labels", "scores", "mask_probs"]
+
+
+class RuntimeGraphModule(torch.nn.Module):
+    """Any-size ``(3, H, W)`` image in, detections in the input frame with unpasted ``(N, M, M)`` mask
+    probabilities out: the network part of inference. The host rescales and pastes (``detector_postprocess``) at
+    the original image size, as the PyTorch path does, so the graph needs no output size."""
+
+    def __init__(self, model: MaskRCNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        model = self.model
+        image_list, _ = model.transform([image])
+        features = model.backbone(image_list.tensors)
+        proposals, _ = model.rpn(image_list, features)
+        (out,), _ = model.roi_heads(features, proposals, image_list.image_sizes)
+        return out["boxes"], out["labels"], out["scores"], out["masks"][:, 0]
+
+
+def export_runtime_onnx(model: MaskRCNN, output: str | Path, sample: Tensor) -> Path:
+    """Trace ``RuntimeGraphModule`` on ``sample`` with dynamic height and width (``RUNTIME_OUTPUT_NAMES`` out).
+
+    Raises:
+        ValueError: the model detects nothing on ``sample`` (the mask head would not be traced).
+    """
+    model = model.float().eval().cpu()
+    sample = sample.float()
+    with torch.no_grad():
+        (found,) = model([sample])
+    if len(found["boxes"]) == 0:
+        raise ValueError("the model detects nothing on the sample image; trace with an image where it detects")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.register_custom_op_symbolic("aten::__iand_", _in_place_and, OPSET)
+    dynamic = {"image": {1: "height", 2: "width"}, **{name: {0: "detections"} for name in RUNTIME_OUTPUT_NAMES}}
+    with traceable(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shape-dependent spots are handled above
+        torch.onnx.export(
+            RuntimeGraphModule(model).eval(),
+            (sample,),
+            str(output),
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=["image"],
+            output_names=RUNTIME_OUTPUT_NAMES,
+            dynamic_axes=dynamic,
         )
     return output
 

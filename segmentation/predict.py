@@ -31,6 +31,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,8 @@ from segmentation.data.mapper import resize_shortest_edge
 from segmentation.data.rle import write_json_atomic
 from segmentation.errors import ConfigError, MissingFileError, user_errors_exit
 from segmentation.evaluation.results import detections_to_coco_results
+from segmentation.inference.runtimes import RUNTIMES, RuntimeModel, check_runtime
+from segmentation.model.config import MaskRCNNConfig
 from segmentation.visualize import draw_overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -66,6 +69,14 @@ class PredictCLI(SegmentationCLI):
         )
         parser.add_argument("--batch_size", type=int, default=4, help="Images per forward pass.")
         parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+        parser.add_argument(
+            "--runtime",
+            type=str,
+            default="torch",
+            choices=list(RUNTIMES),
+            help="torch, or onnxruntime/openvino on CPU (graph exported on first use and cached; "
+            "--model.weights may then be a .onnx graph).",
+        )
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,7 @@ def predict_images(
     Returns:
         Per image, on the CPU: ``boxes`` xyxy, ``scores``, ``labels`` (1..K), ``masks`` bool ``(N, H, W)``.
     """
-    device = next(model.parameters()).device
+    device = next(iter(model.parameters()), torch.empty(0)).device  # a runtime graph has none: CPU
     inputs, sizes = [], []
     for image in images_bgr:
         resized = resize_shortest_edge(image, min_size, max_size)
@@ -279,6 +290,20 @@ def _ext(path: Path) -> str:
     return Path(path).name[len(volumes.volume_name(path)) :]
 
 
+def _model_for_runtime(
+    runtime: str, weights: str | None, arch: MaskRCNNConfig | None, device: torch.device
+) -> tuple[Any, list[str]]:
+    """The model ``predict`` calls: the torch network on ``device``, or its graph on onnxruntime/OpenVINO."""
+    check_runtime(runtime)
+    if runtime != "torch" and weights is not None and Path(weights).suffix == ".onnx":
+        graph = RuntimeModel.from_onnx(runtime, weights)
+        return graph, graph.class_names
+    model, names = load_for_command("predict", weights, arch)
+    if runtime == "torch":
+        return model.to(device=device, dtype=torch.float32).eval(), names
+    return RuntimeModel.cached(runtime, weights, arch, model.float().eval(), names), names
+
+
 def main(args: list[str] | None = None) -> None:
     given = sys.argv[1:] if args is None else args
     with user_errors_exit():
@@ -297,8 +322,7 @@ def _predict_from_cli(cli: PredictCLI) -> None:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     arch = cli.model.arch if config_given(cli) else None
-    model, names = load_for_command("predict", cli.model.hparams.weights, arch)
-    model = model.to(device=device, dtype=torch.float32).eval()
+    model, names = _model_for_runtime(config.runtime, cli.model.hparams.weights, arch, device)
     path = predict(
         model,
         config.input,

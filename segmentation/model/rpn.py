@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.models.detection._utils import _topk_min
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
@@ -110,11 +111,11 @@ class D2RPN(RegionProposalNetwork):
         """
         top_boxes, top_logits, top_levels = [], [], []
         for level, (boxes_l, logits_l) in enumerate(zip(proposals, logits, strict=True)):
-            k = min(self.pre_nms_top_n(), logits_l.shape[1])
+            k = _topk_min(logits_l, self.pre_nms_top_n(), 1)  # min(), but a graph op under the ONNX tracer
             scores, idx = logits_l.topk(k, dim=1)
             top_logits.append(scores)
             top_boxes.append(torch.gather(boxes_l, 1, idx[..., None].expand(-1, -1, 4)))
-            top_levels.append(torch.full((k,), level, dtype=torch.int64, device=scores.device))
+            top_levels.append(torch.full_like(scores[0], level, dtype=torch.int64))
         all_boxes, all_logits, levels = torch.cat(top_boxes, 1), torch.cat(top_logits, 1), torch.cat(top_levels)
         out_boxes, out_logits = [], []
         for boxes, scores, image_size in zip(all_boxes, all_logits, image_sizes, strict=True):
