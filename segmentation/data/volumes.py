@@ -69,8 +69,8 @@ def read_volume(path: str | Path) -> Any:
         image = lib.ReadImage(str(path))
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(
-            f"{path}: expected a 3-D scalar volume, got {image.GetDimension()}-D with "
-            f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel"
+            f"{path}: expected a 3-D scalar volume, got {image.GetDimension()}-D of size {image.GetSize()} "
+            f"with {image.GetNumberOfComponentsPerPixel()} component(s) per voxel"
         )
     return image
 

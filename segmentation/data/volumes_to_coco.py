@@ -268,7 +268,9 @@ def _read_pair(
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m segmentation.data.volumes_to_coco --images ... --labels ... --out DIR``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--images", nargs="+", required=True, help="CT volumes (files or DICOM series folders)")
     parser.add_argument("--labels", nargs="+", required=True, help="label volumes, in the order of --images")
     parser.add_argument("--out", required=True, type=Path, help="output folder")

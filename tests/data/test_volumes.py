@@ -80,3 +80,12 @@ def test_missing_simpleitk_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "SimpleITK", None)
     with pytest.raises(ImportError, match=r"segmentation\[volumes\]"):
         volumes.read_volume("scan.nii.gz")
+
+
+def test_a_4d_nifti_is_refused_naming_file_and_shape(tmp_path) -> None:
+    path = tmp_path / "fmri.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4, 5), dtype=np.int16), isVector=False), str(path))
+    with pytest.raises(
+        ValueError, match=r"fmri\.nii\.gz: expected a 3-D scalar volume, got 4-D of size \(5, 4, 3, 2\)"
+    ):
+        volumes.read_volume(path)

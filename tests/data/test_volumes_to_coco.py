@@ -215,3 +215,22 @@ def test_axis_y_cuts_coronal_slices_with_rows_along_z(tmp_path: Path):
     for y, (pixels, ((_, mask, _),)) in slices.items():
         assert np.array_equal(pixels, window_to_uint8(ct[:, y, :]))
         assert np.array_equal(mask, label[:, y, :] > 0)
+
+
+def test_a_300_slice_volume_converts(tmp_path) -> None:
+    """More than 256 RLEs in one pycocotools call (its area overflowed once); tiny 4x4 slices keep it cheap."""
+    values = np.full((300, 4, 4), -1000, dtype=np.int16)
+    labels = np.zeros((300, 4, 4), dtype=np.uint8)
+    labels[:, 1:3, 1:3] = 1
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(tmp_path / "big.mha"))
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(tmp_path / "big_label.mha"))
+    paths = convert_volumes([tmp_path / "big.mha"], [tmp_path / "big_label.mha"], tmp_path / "out", image_format="png")
+    coco = json.loads(paths["train_json"].read_text())
+    assert len(coco["images"]) == 300 and [a["area"] for a in coco["annotations"]] == [4] * 300
+
+
+def test_help_shows_the_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: -600" in text and "(default: 1500" in text and "(default: jpg)" in text
