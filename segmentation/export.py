@@ -22,7 +22,7 @@ import contextlib
 import sys
 import types
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +113,21 @@ def export_onnx(model: MaskRCNN, output: str | Path, sample: Tensor) -> Path:
     Raises:
         ValueError: the model detects nothing on ``sample``.
     """
+    return _trace_to_onnx(model, ExportableMaskRCNN, output, sample, OUTPUT_NAMES, {})
+
+
+def _trace_to_onnx(
+    model: MaskRCNN,
+    graph: Callable[[MaskRCNN], torch.nn.Module],
+    output: str | Path,
+    sample: Tensor,
+    output_names: list[str],
+    input_axes: dict[int, str],
+) -> Path:
+    """Trace ``graph(model)`` (eval, fp32, CPU) on ``sample`` into ``output``: the one export both graphs share.
+
+    Every output's first axis is its number of detections; ``input_axes`` names the image's dynamic axes.
+    """
     model = model.float().eval().cpu()
     sample = sample.float()
     with torch.no_grad():
@@ -122,16 +137,19 @@ def export_onnx(model: MaskRCNN, output: str | Path, sample: Tensor) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.register_custom_op_symbolic("aten::__iand_", _in_place_and, OPSET)
+    dynamic_axes = {name: {0: "detections"} for name in output_names}
+    if input_axes:
+        dynamic_axes["image"] = input_axes
     with traceable(model), torch.no_grad():
         torch.onnx.export(
-            ExportableMaskRCNN(model).eval(),  # a train-mode wrapper would be restored to train mode, model too
+            graph(model).eval(),  # a train-mode wrapper would be restored to train mode, model too
             (sample,),
             str(output),
             opset_version=OPSET,
             dynamo=False,
             input_names=["image"],
-            output_names=OUTPUT_NAMES,
-            dynamic_axes={name: {0: "detections"} for name in OUTPUT_NAMES},
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
         )
     return output
 
@@ -163,29 +181,11 @@ def export_runtime_onnx(model: MaskRCNN, output: str | Path, sample: Tensor) -> 
     Raises:
         ValueError: the model detects nothing on ``sample`` (the mask head would not be traced).
     """
-    model = model.float().eval().cpu()
-    sample = sample.float()
-    with torch.no_grad():
-        (found,) = model([sample])
-    if len(found["boxes"]) == 0:
-        raise ValueError("the model detects nothing on the sample image; trace with an image where it detects")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.register_custom_op_symbolic("aten::__iand_", _in_place_and, OPSET)
-    dynamic = {"image": {1: "height", 2: "width"}, **{name: {0: "detections"} for name in RUNTIME_OUTPUT_NAMES}}
-    with traceable(model), torch.no_grad(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shape-dependent spots are handled above
-        torch.onnx.export(
-            RuntimeGraphModule(model).eval(),
-            (sample,),
-            str(output),
-            opset_version=OPSET,
-            dynamo=False,
-            input_names=["image"],
-            output_names=RUNTIME_OUTPUT_NAMES,
-            dynamic_axes=dynamic,
+        return _trace_to_onnx(
+            model, RuntimeGraphModule, output, sample, RUNTIME_OUTPUT_NAMES, {1: "height", 2: "width"}
         )
-    return output
 
 
 def _in_place_and(g: torch.Graph, a: torch.Value, b: torch.Value) -> torch.Value:

@@ -148,11 +148,6 @@ class Augmentation:
         if self.crop_type == "absolute_range" and self.crop_size[0] > self.crop_size[1]:
             raise ConfigError(f"crop_size {list(self.crop_size)} for absolute_range crops: give [min, max]")
 
-    @property
-    def is_random(self) -> bool:
-        """Whether two draws can differ (else every image gets ``ImageTransform.resize``)."""
-        return len(set(self.min_sizes)) > 1 or self.flip != "none" or self.crop_type is not None
-
     def draw(self, height: int, width: int, rng: np.random.Generator) -> ImageTransform:
         """Draw crop, size and flip for an image of ``height x width``, in detectron2's order and distributions."""
         crop = self._draw_crop(height, width, rng) if self.crop_type is not None else None

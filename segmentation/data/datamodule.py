@@ -96,9 +96,6 @@ class TrainingDataset(Dataset):
     def transform(self, item: StreamItem) -> ImageTransform:
         """The geometry drawn for one sample of the stream."""
         record = self.images[item.index]
-        if not self.augmentation.is_random:
-            size = self.augmentation.min_sizes[0]
-            return ImageTransform.resize(record.height, record.width, size, self.augmentation.max_size)
         rng = np.random.default_rng([self.seed, item.position])
         return self.augmentation.draw(record.height, record.width, rng)
 

@@ -23,8 +23,6 @@ import yaml
 from segmentation.errors import UserError
 from segmentation.model.config import FpnNorm, MaskRCNNConfig, Norm
 
-_MISSING = object()
-
 
 class UnsupportedConfigError(UserError, ValueError):
     """A detectron2 config that asks for something this project does not implement; lists every such key."""

@@ -109,22 +109,20 @@ def test_crop_positions_stay_inside_the_image() -> None:
     assert corners == {(0, 0), (0, 1), (1, 0), (1, 1)}
 
 
-def test_the_same_sample_position_draws_the_same_augmentation(parity_dir: Path) -> None:
-    dataset = parity_dir / "tiny_lung" / "dataset"
-    split = load_coco_json(dataset / "coco_val_lung.json", dataset / "val")
+def test_the_same_sample_position_draws_the_same_augmentation(val) -> None:
+    split = val[0]
     augmentation = Augmentation((448, 512, 576), 1024, flip="horizontal", crop_type="relative_range")
     a = TrainingDataset(split.images, split.categories, augmentation, seed=3)
     b = TrainingDataset(split.images, split.categories, augmentation, seed=3)
-    items = [StreamItem(i % len(split.images), p) for p, i in enumerate(range(50))]
+    items = [StreamItem(p % len(split.images), p) for p in range(50)]
     assert [a.transform(x) for x in items] == [b.transform(x) for x in items]
     assert len({a.transform(x) for x in items}) > 40  # positions draw independently
     other_seed = TrainingDataset(split.images, split.categories, augmentation, seed=4)
     assert [a.transform(x) for x in items] != [other_seed.transform(x) for x in items]
 
 
-def test_the_recipe_without_augmentation_resizes_every_image_the_same_way(parity_dir: Path) -> None:
-    dataset = parity_dir / "tiny_lung" / "dataset"
-    split = load_coco_json(dataset / "coco_val_lung.json", dataset / "val")
+def test_the_recipe_without_augmentation_resizes_every_image_the_same_way(val) -> None:
+    split = val[0]
     plain = TrainingDataset(split.images, split.categories, Augmentation((512,), 512))
     record = split.images[0]
     assert {plain.transform(StreamItem(0, p)) for p in range(20)} == {
