@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import LightningArgumentParser
 from torch import Tensor
+from torchvision.ops import batched_nms
 
 from segmentation.checkpoints.loading import load_for_command
 from segmentation.cli import SegmentationCLI, config_given
@@ -82,12 +83,21 @@ def _traced_clip_boxes(boxes: Tensor, size: tuple[Tensor | int, Tensor | int]) -
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
+def _score_ordered_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """``batched_nms`` whose kept indices are in descending score order, as PyTorch's are: ONNX leaves the order of
+    ``NonMaxSuppression``'s output open (OpenVINO's differs), and the top-k slices after NMS depend on it."""
+    keep = batched_nms(boxes, scores, idxs, iou_threshold)
+    return keep[torch.sort(scores[keep], descending=True).indices]
+
+
 @contextlib.contextmanager
 def traceable(model: MaskRCNN) -> Iterator[None]:
     """While tracing one image: rois, detections, box clipping and mask pasting computed without image-dependent
-    Python numbers, so that the graph also holds at other image sizes."""
+    Python numbers, so that the graph also holds at other image sizes, and NMS output ordered by score."""
     saved_rois, saved_chunk = poolers.rois_with_batch_index, postprocess.PASTE_PIXELS_PER_CHUNK
     saved_clips = rpn.clip_boxes_to_image, roi_heads.clip_boxes_to_image
+    saved_nms = rpn.batched_nms, roi_heads.batched_nms
+    rpn.batched_nms = roi_heads.batched_nms = _score_ordered_nms
     poolers.rois_with_batch_index = _single_image_rois
     postprocess.PASTE_PIXELS_PER_CHUNK = sys.maxsize  # one paste for all detections
     rpn.clip_boxes_to_image = roi_heads.clip_boxes_to_image = _traced_clip_boxes
@@ -97,6 +107,7 @@ def traceable(model: MaskRCNN) -> Iterator[None]:
     finally:
         poolers.rois_with_batch_index, postprocess.PASTE_PIXELS_PER_CHUNK = saved_rois, saved_chunk
         rpn.clip_boxes_to_image, roi_heads.clip_boxes_to_image = saved_clips
+        rpn.batched_nms, roi_heads.batched_nms = saved_nms
         del model.roi_heads.inference
 
 
