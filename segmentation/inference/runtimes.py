@@ -63,7 +63,9 @@ def open_session(runtime: str, path: str | Path) -> Session:
         return lambda image: session.run(names, {"image": image})
     if runtime == "openvino":
         ov = _import(runtime, "openvino")
-        compiled = ov.Core().compile_model(str(path), "CPU")
+        # OpenVINO's CPU plugin runs in bf16 by default on CPUs with AMX/AVX512-BF16 (this machine's Xeon): scores
+        # then drift by ~0.02 and detections near the threshold come and go. fp32 keeps PyTorch's detections.
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         request = compiled.create_infer_request()
         outputs = compiled.outputs
 
