@@ -9,7 +9,7 @@ Source: ``detectron2/data/build.py`` (FILTER_EMPTY_ANNOTATIONS, the training and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from segmentation.data.augmentation import Augmentation, CropType, Flip, ImageTransform, Sampling
-from segmentation.data.coco import Category, CocoFormatError, CocoSplit, ImageRecord, load_coco_json, read_categories
+from segmentation.data.coco import Category, CocoFormatError, CocoSplit, ImageRecord, load_coco_json
 from segmentation.data.images import LUNG_CT, CtWindow
 from segmentation.data.mapper import map_for_inference, map_for_training
 from segmentation.data.samplers import GroupedBatchSampler, InferenceSampler, StreamItem, repeat_factors
@@ -31,6 +31,14 @@ def filter_images_without_annotations(images: Sequence[ImageRecord]) -> list[Ima
     detectron2; the mapper then drops that instance and the image trains with zero targets.
     """
     return [r for r in images if any(not a["iscrowd"] for a in r.annotations)]
+
+
+class SplitSource(NamedTuple):
+    """One split the datamodule was given: its name (train, val or test), its json and its image folder."""
+
+    name: str
+    json_path: str
+    image_root: str
 
 
 class CocoInstanceDataset(Dataset):
@@ -181,13 +189,11 @@ class CocoDataModule(pl.LightningDataModule):
             intensity_offset: 16-bit slices store HU + this value (1024 in the usual CT export).
         """
         super().__init__()
-        for name, json_path, images in (
-            ("train", train_json, train_images),
-            ("val", val_json, val_images),
-            ("test", test_json, test_images),
-        ):
+        given = {"train": (train_json, train_images), "val": (val_json, val_images), "test": (test_json, test_images)}
+        for name, (json_path, images) in given.items():
             if (json_path is None) != (images is None):
                 raise ConfigError(f"give both --data.{name}_json and --data.{name}_images, or neither")
+        self._sources = {name: SplitSource(name, *paths) for name, paths in given.items() if paths[0] is not None}
         self.train_json, self.train_images = train_json, train_images
         self.val_json, self.val_images = val_json, val_images
         self.test_json, self.test_images = test_json, test_images
@@ -207,37 +213,47 @@ class CocoDataModule(pl.LightningDataModule):
         self.seed = seed
         self.allow_outside_root = allow_outside_root
         self.window = CtWindow(window_center, window_width, intensity_offset)
-        self._categories: list[Category] | None = None
         self._splits: dict[str, CocoSplit] = {}
         self._train_batches_consumed = 0
+
+    def splits(self) -> list[SplitSource]:
+        """The splits given, in train, val, test order."""
+        return list(self._sources.values())
 
     @property
     def categories(self) -> list[Category]:
         """The categories with their model labels, from the first json given (train, else val, else test)."""
-        if self._categories is None:
-            first = next((j for j in (self.train_json, self.val_json, self.test_json) if j is not None), None)
-            if first is None:
-                raise ConfigError("no dataset: give --data.train_json, --data.val_json or --data.test_json")
-            self._categories = read_categories(first)
-        return self._categories
+        splits = self.splits()
+        if not splits:
+            raise ConfigError("no dataset: give --data.train_json, --data.val_json or --data.test_json")
+        return self._split(splits[0].name).categories
 
     @property
     def num_classes(self) -> int:
         """Number of foreground classes K (the model has K + 1 outputs with background)."""
         return len(self.categories)
 
+    def keep_loaded(self, name: str, split: CocoSplit) -> None:
+        """Serve split ``name`` from records already read (by the data check), instead of reading its json again.
+
+        Raises:
+            CocoFormatError: when its categories differ from the first split's (labels would not match).
+        """
+        first = self.splits()[0].name
+        if name != first and split.categories != self.categories:
+            raise CocoFormatError(
+                f"{self._sources[name].json_path}: categories {[(c.id, c.name) for c in split.categories]} differ from "
+                f"{[(c.id, c.name) for c in self.categories]} of the first json; labels would not match"
+            )
+        self._splits[name] = split
+
     def _split(self, name: str) -> CocoSplit:
         if name not in self._splits:
-            json_path, images = getattr(self, f"{name}_json"), getattr(self, f"{name}_images")
-            if json_path is None:
+            source = self._sources.get(name)
+            if source is None:
                 raise ConfigError(f"no {name} split: give --data.{name}_json and --data.{name}_images")
-            split = load_coco_json(json_path, images, allow_outside_root=self.allow_outside_root)
-            if split.categories != self.categories:
-                raise CocoFormatError(
-                    f"{json_path}: categories {[(c.id, c.name) for c in split.categories]} differ from "
-                    f"{[(c.id, c.name) for c in self.categories]} of the first json; labels would not match"
-                )
-            self._splits[name] = split
+            split = load_coco_json(source.json_path, source.image_root, allow_outside_root=self.allow_outside_root)
+            self.keep_loaded(name, split)
         return self._splits[name]
 
     @property
@@ -257,7 +273,7 @@ class CocoDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Load (and validate) the jsons the stage needs; errors surface here rather than inside a worker."""
         if stage == "fit":
-            names = ["train"] + (["val"] if self.val_json else [])
+            names = ["train"] + (["val"] if "val" in self._sources else [])
         elif stage == "validate":
             names = ["val"]
         else:
@@ -325,11 +341,11 @@ class CocoDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         """This rank's unpadded shard of the val images, batch size 1 (no loader, so no validation, without val)."""
-        return self._inference_loader(self.val_split) if self.val_json is not None else []
+        return self._inference_loader(self.val_split) if "val" in self._sources else []
 
     def test_dataloader(self) -> DataLoader | list:
         """This rank's unpadded shard of the test images, batch size 1."""
-        return self._inference_loader(self.test_split) if self.test_json is not None else []
+        return self._inference_loader(self.test_split) if "test" in self._sources else []
 
     def state_dict(self) -> dict[str, int]:
         """Saved in Lightning checkpoints: how many training batches the loop has consumed (not just prefetched)."""

@@ -1,14 +1,17 @@
 """COCO's encodings in one place: run-length encoded masks and the json files that hold them.
 
-Every module that writes or measures a COCO mask goes through here (the phantom, ``volumes_to_coco``, the results
-writer, evaluation), so there is one encoder and one set of pycocotools workarounds. pycocotools 2.0.11 under
-numpy 2 overflows in ``mask.area`` as soon as one call gets 256 or more RLEs (it sizes its output from a uint8),
-so ``area`` measures in chunks that pycocotools handles.
+Every module that writes, measures or validates a COCO mask goes through here (the phantom, ``volumes_to_coco``,
+the json loader, the results writer, evaluation), so there is one encoder, one RLE validator, one way to write a
+dataset json and one set of pycocotools workarounds. pycocotools 2.0.11 under numpy 2 overflows in ``mask.area`` as
+soon as one call gets 256 or more RLEs (it sizes its output from a uint8), so ``area`` measures in chunks that
+pycocotools handles; and it decodes a wrong-sized or corrupt RLE without complaint, reading past its buffer, so
+``rle_problem`` checks an RLE from a json before anything decodes it.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import tempfile
 from collections.abc import Sequence
@@ -116,3 +119,92 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def annotation_fields(masks: np.ndarray) -> list[dict[str, Any]]:
+    """``segmentation`` (uncompressed RLE), ``area`` and ``bbox`` of each bool mask of an ``(N, H, W)`` stack.
+
+    The shape of the user's data: uncompressed counts (``counts`` a list, column-major, first count = leading
+    zeros), area and bbox from pycocotools. pycocotools encodes the whole stack at once (its Fortran ``(H, W, N)``
+    view, no copy beyond one transpose).
+    """
+    n, height, width = masks.shape
+    if n == 0:
+        return []
+    columns = np.ascontiguousarray(masks.transpose(0, 2, 1), dtype=np.uint8)  # (N, W, H): column-major per mask
+    rles = mask_utils.encode(columns.transpose(2, 1, 0))  # (H, W, N) Fortran-ordered view
+    return [
+        {
+            "segmentation": {"size": [height, width], "counts": uncompressed_counts(column_mask.T)},
+            "area": int(mask_area),
+            "bbox": [float(v) for v in box],
+        }
+        for column_mask, mask_area, box in zip(columns, area(rles), mask_utils.toBbox(rles), strict=True)
+    ]
+
+
+def image_entry(image_id: int, file_name: str, height: int, width: int, **extra: Any) -> dict[str, Any]:
+    """One ``images`` entry of a written dataset json (``extra``: fields of our own, e.g. the source volume)."""
+    return {"id": image_id, "width": width, "height": height, "file_name": file_name, "license": 0, **extra}
+
+
+def write_dataset_json(
+    path: Path, info: dict[str, Any], images: list[dict], annotations: list[dict], categories: list[dict]
+) -> None:
+    """A COCO instance json with the keys in the order of the user's files: info, licenses, images, annotations,
+    categories."""
+    coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
+    path.write_text(json.dumps(coco))
+
+
+def rle_problem(segmentation: dict[str, Any], height: int, width: int) -> str | None:
+    """What makes a json RLE unusable for an image of ``height`` x ``width`` (``"has ..."``), or None if it fits.
+
+    Checked: a ``[height, width]`` size equal to the image's, counts that are non-negative integers (uncompressed)
+    or a valid COCO RLE string (compressed), and counts summing to height*width.
+    """
+    size = segmentation.get("size")
+    counts = segmentation.get("counts")
+    if not isinstance(size, list) or len(size) != 2 or not all(_is_real(v) for v in size) or counts is None:
+        return "has an RLE without a [height, width] 'size' and 'counts'"
+    if size != [height, width]:
+        return f"has an RLE of size {size} [height, width], but its image is {height}x{width}"
+    if isinstance(counts, list):
+        if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 0 for c in counts):
+            return "has RLE counts that are not non-negative integers"
+    elif isinstance(counts, (str, bytes)):
+        counts = compressed_counts(counts.encode() if isinstance(counts, str) else counts)
+        if counts is None:
+            return "has compressed RLE counts that are not a valid COCO RLE string"
+    else:
+        return f"has RLE counts of type {type(counts).__name__}"
+    if sum(counts) != height * width:
+        return f"has RLE counts summing to {sum(counts)}, expected height*width = {height * width}"
+    return None
+
+
+def compressed_counts(counts: bytes) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), or None if it is invalid."""
+    runs: list[int] = []
+    value = shift = 0
+    for byte in counts:
+        c = byte - 48
+        if not 0 <= c < 64:
+            return None
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            return None
+        runs.append(value)
+        value = shift = 0
+    return None if shift else runs
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -15,16 +15,8 @@ import pytest
 from PIL import Image
 
 from segmentation.check_data import main
-from segmentation.data.check import (
-    DEGENERATE_BOX,
-    EMPTY_MASK,
-    NO_ANNOTATIONS,
-    SHORT_POLYGON,
-    DataError,
-    DataReport,
-    check_datamodule_splits,
-    check_split,
-)
+from segmentation.data.check import DataError, DataReport, check_datamodule_splits, check_split
+from segmentation.data.coco import DEGENERATE_BOX, EMPTY_MASK, NO_ANNOTATIONS, SHORT_POLYGON
 from segmentation.data.datamodule import CocoDataModule
 from segmentation.errors import UserError
 
