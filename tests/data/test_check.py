@@ -16,7 +16,14 @@ from PIL import Image
 
 from segmentation.check_data import main
 from segmentation.data.check import DataError, DataReport, check_datamodule_splits, check_split
-from segmentation.data.coco import DEGENERATE_BOX, EMPTY_MASK, NO_ANNOTATIONS, SHORT_POLYGON
+from segmentation.data.coco import (
+    DEGENERATE_BOX,
+    EMPTY_MASK,
+    NO_ANNOTATIONS,
+    SHORT_POLYGON,
+    CocoFormatError,
+    load_coco_json,
+)
 from segmentation.data.datamodule import CocoDataModule
 from segmentation.errors import UserError
 
@@ -178,6 +185,30 @@ def test_each_fatal_problem_is_reported_naming_its_file_and_ids(
     assert "FATAL" in report.format() and file(tmp_path) in report.format()
 
 
+JSON_CASES = [case for case in FATAL_CASES if case[1] is _json_file and case[0] is not _odd_polygon]
+
+
+@pytest.mark.parametrize("corrupt", [c[0] for c in JSON_CASES], ids=[c[0].__name__.lstrip("_") for c in JSON_CASES])
+def test_loading_stops_at_the_problem_the_check_reports(tmp_path: Path, corrupt: Callable):
+    """One pass serves both: load_coco_json raises the check's own finding (file, ids and message)."""
+    data = _dataset(tmp_path)
+    corrupt(tmp_path, data)
+    (problem,) = _check(tmp_path, data).fatal
+
+    with pytest.raises(CocoFormatError) as info:
+        load_coco_json(tmp_path / JSON, tmp_path / "images")
+    assert str(info.value) == problem.format()
+
+
+def test_odd_polygons_are_dropped_by_loading_as_detectron2_does_but_refused_by_the_check(tmp_path: Path):
+    data = _dataset(tmp_path)
+    _ann(data, 11)["segmentation"] = [[3.0, 2.0, 7.0, 2.0, 7.0, 5.0, 3.0], [3.0, 2.0, 7.0, 2.0, 7.0, 5.0]]
+
+    assert not _check(tmp_path, data).ok
+    image = load_coco_json(tmp_path / JSON, tmp_path / "images").images[1]
+    assert image.annotations[0]["segmentation"] == [[3.0, 2.0, 7.0, 2.0, 7.0, 5.0]]
+
+
 def test_a_file_outside_the_root_is_accepted_when_allowed(tmp_path: Path):
     data = _dataset(tmp_path)
     _write_jpeg(tmp_path / "outside.jpg")
@@ -261,6 +292,29 @@ def test_the_datamodule_check_raises_a_data_error_with_the_report(tmp_path: Path
         check_datamodule_splits(datamodule)
     assert len(info.value.reports) == 1
     assert isinstance(info.value, UserError)  # the entry points print it and exit without a traceback
+
+
+def test_the_datamodule_trains_on_the_records_the_check_read_without_parsing_a_json_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    data = _dataset(tmp_path)
+    (tmp_path / JSON).write_text(json.dumps(data))
+    (tmp_path / "other.json").write_text(json.dumps(data))
+    parsed: list[str] = []
+    json_load = json.load
+
+    def counting_load(file, **kwargs):
+        parsed.append(Path(file.name).name)
+        return json_load(file, **kwargs)
+
+    monkeypatch.setattr(json, "load", counting_load)
+    root, train, val = str(tmp_path / "images"), str(tmp_path / JSON), str(tmp_path / "other.json")
+    datamodule = CocoDataModule(train_json=train, train_images=root, val_json=val, val_images=root, num_workers=0)
+
+    check_datamodule_splits(datamodule)
+    datamodule.setup("fit")
+    assert datamodule.num_classes == 1 and len(datamodule.val_split.images) == 2
+    assert parsed == [JSON, "other.json"]
 
 
 def test_cli_exits_1_with_the_report_and_no_traceback(tmp_path: Path):

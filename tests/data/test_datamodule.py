@@ -153,6 +153,16 @@ def test_datamodule_state_resumes_the_training_stream(phantom: dict[str, Path]):
     assert _take(resumed.train_dataloader().batch_sampler, 3) == expected
 
 
+def test_the_splits_given_are_listed_once_in_train_val_test_order():
+    datamodule = CocoDataModule(test_json="t.json", test_images="t", train_json="a.json", train_images="a")
+
+    assert [(s.name, s.json_path, s.image_root) for s in datamodule.splits()] == [
+        ("train", "a.json", "a"),
+        ("test", "t.json", "t"),
+    ]
+    assert datamodule.val_dataloader() == []
+
+
 def test_datamodule_rejects_a_json_without_its_image_folder():
     with pytest.raises(ValueError, match="--data.val_json and --data.val_images"):
         CocoDataModule(val_json="val.json")
