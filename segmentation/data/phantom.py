@@ -16,12 +16,10 @@ output depends only on the arguments (same seed, same bytes).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_util
 
 from segmentation.data import rle
 
@@ -69,34 +67,15 @@ def make_phantom(
                 image_id += 1
                 file_name = f"PHANTOM_{volume:02d}_{s}.jpg"
                 Image.fromarray(pixels).save(image_dir / file_name, quality=JPEG_QUALITY)
-                images.append({"id": image_id, "width": size, "height": height, "file_name": file_name, "license": 0})
-                annotations.append(_annotation(image_id, mask))
-        coco = {
-            "info": {"description": "Lung CT phantom (synthetic)", "contributor": "phantom.py", "seed": seed},
-            "licenses": [],
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": 1, "name": "Lung"}],
-        }
+                images.append(rle.image_entry(image_id, file_name, height, size))
+                (fields,) = rle.annotation_fields(mask[None])
+                annotations.append({"id": image_id, "image_id": image_id, "category_id": 1, **fields, "iscrowd": 0})
         json_path = out_dir / f"{split}.json"
-        json_path.write_text(json.dumps(coco))
+        info = {"description": "Lung CT phantom (synthetic)", "contributor": "phantom.py", "seed": seed}
+        rle.write_dataset_json(json_path, info, images, annotations, [{"id": 1, "name": "Lung"}])
         paths[f"{split}_json"] = json_path
         paths[f"{split}_images"] = image_dir
     return paths
-
-
-def _annotation(image_id: int, mask: np.ndarray) -> dict:
-    height, width = mask.shape
-    encoded = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {
-        "id": image_id,
-        "image_id": image_id,
-        "category_id": 1,
-        "segmentation": {"size": [height, width], "counts": rle.uncompressed_counts(mask)},
-        "area": rle.area(encoded),
-        "bbox": [float(v) for v in mask_util.toBbox(encoded)],
-        "iscrowd": 0,
-    }
 
 
 def _ellipse(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
@@ -163,23 +142,16 @@ def _volume_slices(seed: int, volume: int, n_slices: int, height: int, width: in
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m segmentation.data.phantom --out data/phantom [--seed 0]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--out", dest="out_dir", metavar="OUT", required=True, type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=12, help="training volumes")
     parser.add_argument("--n-val", type=int, default=3, help="validation volumes")
     parser.add_argument("--n-test", type=int, default=3, help="test volumes")
-    parser.add_argument("--slices", type=int, default=20, help="slices per volume")
-    parser.add_argument("--size", type=int, default=512, help="image width in pixels")
-    args = parser.parse_args(argv)
-    paths = make_phantom(
-        args.out,
-        seed=args.seed,
-        n_train=args.n_train,
-        n_val=args.n_val,
-        n_test=args.n_test,
-        slices_per_volume=args.slices,
-        size=args.size,
+    parser.add_argument(
+        "--slices", dest="slices_per_volume", metavar="SLICES", type=int, default=20, help="slices per volume"
     )
+    parser.add_argument("--size", type=int, default=512, help="image width in pixels")
+    paths = make_phantom(**vars(parser.parse_args(argv)))  # each option's dest is make_phantom's argument
     print(" ".join(f"--data.{key} {path}" for key, path in paths.items()))
 
 

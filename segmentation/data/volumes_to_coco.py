@@ -8,9 +8,10 @@ user's data and the phantom (``data.phantom``): 8-bit grayscale slices (JPEG, or
 "Lung", uncompressed RLE masks (``counts`` a list, column-major, first count = leading zeros), area and bbox from
 pycocotools, and an area-0 annotation (``counts [h*w]``, bbox ``[0, 0, 0, 0]``) on slices without a label.
 
-Masks are encoded per volume, not per pixel: pycocotools encodes the whole ``(H, W, N)`` stack of instance masks in
-one call (area and bbox come from those RLEs, bbox with pycocotools' own rules), and the uncompressed counts come
-from ``rle.uncompressed_counts``, a numpy run-length pass over each mask's column-major pixels.
+Masks are encoded per volume, not per pixel (``rle.annotation_fields``, shared with the phantom): pycocotools encodes
+the whole ``(H, W, N)`` stack of instance masks in one call (area and bbox come from those RLEs, bbox with
+pycocotools' own rules), and the uncompressed counts come from ``rle.uncompressed_counts``, a numpy run-length pass
+over each mask's column-major pixels.
 
 Instances: by default one annotation per slice and category, the union of its pixels; with ``per_component`` one
 per 2-D connected component (8-connected, SimpleITK's ``ConnectedComponentImageFilter``), in SimpleITK's raster
@@ -24,14 +25,12 @@ arguments give the same files.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_util
 
 from segmentation.data import rle
 from segmentation.data.images import LUNG_WINDOW, window_to_uint8
@@ -88,29 +87,6 @@ def split_volumes(n_volumes: int, val_fraction: float, test_fraction: float, see
         "val": sorted(order[n_test : n_test + n_val]),
         "train": sorted(order[n_test + n_val :]),
     }
-
-
-def rle_fields(masks: np.ndarray) -> list[dict[str, Any]]:
-    """``segmentation`` (uncompressed RLE), ``area`` and ``bbox`` of each bool mask of an ``(N, H, W)`` stack.
-
-    pycocotools encodes the whole stack at once (its Fortran ``(H, W, N)`` view, no copy beyond one transpose);
-    area and bbox are pycocotools' values from those RLEs.
-    """
-    n, height, width = masks.shape
-    if n == 0:
-        return []
-    columns = np.ascontiguousarray(masks.transpose(0, 2, 1), dtype=np.uint8)  # (N, W, H): column-major per mask
-    rles = mask_util.encode(columns.transpose(2, 1, 0))  # (H, W, N) Fortran-ordered view
-    areas = rle.area(rles)
-    boxes = mask_util.toBbox(rles)
-    return [
-        {
-            "segmentation": {"size": [height, width], "counts": rle.uncompressed_counts(column_mask.T)},
-            "area": int(area),
-            "bbox": [float(v) for v in box],
-        }
-        for column_mask, area, box in zip(columns, areas, boxes, strict=True)
-    ]
 
 
 def slice_instances(
@@ -190,6 +166,81 @@ def convert_volumes(
         ValueError: unequal numbers of images and labels, two volumes with the same name, a label volume whose
             geometry differs from its image (naming both files), or fractions that leave no training volume.
     """
+    names = _volume_names(images, labels, axis, image_format)
+    splits = split_volumes(len(images), val_fraction, test_fraction, seed)
+    categories_json = [{"id": v, "name": n} for v, n in sorted((categories or {1: DEFAULT_CATEGORY}).items())]
+    info = {"description": "CT volumes converted by segmentation.data.volumes_to_coco", "seed": seed}
+    writer = _SliceWriter(
+        categories, per_component, empty_annotations, AXES[axis], (window_center, window_width), image_format
+    )
+    paths: dict[str, Path] = {}
+    for split in (name for name in SPLITS if splits[name]):
+        image_dir, json_path = Path(out_dir) / split, Path(out_dir) / f"{split}.json"
+        volumes = [(names[v], images[v], labels[v]) for v in splits[split]]
+        coco_images, coco_annotations = writer.write_split(volumes, image_dir)
+        rle.write_dataset_json(json_path, info, coco_images, coco_annotations, categories_json)
+        paths.update({f"{split}_json": json_path, f"{split}_images": image_dir})
+    return paths
+
+
+class _SliceWriter:
+    """Cuts volume pairs into slice images and COCO entries, numbering images and annotations on across splits."""
+
+    def __init__(
+        self,
+        categories: dict[int, str] | None,
+        per_component: bool,
+        empty_annotations: bool,
+        axis: int,
+        window: tuple[float, float],
+        image_format: str,
+    ) -> None:
+        self.categories, self.per_component, self.empty_annotations = categories, per_component, empty_annotations
+        self.axis, self.window, self.image_format = axis, window, image_format
+        self.save_options = {"quality": JPEG_QUALITY} if image_format == "jpg" else {}
+        self.images_written = self.annotations_written = 0
+
+    def write_split(
+        self, volumes: Sequence[tuple[str, str | Path, str | Path]], image_dir: Path
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Write the slices of ``(name, image, label)`` volumes into ``image_dir``; their images and annotations."""
+        image_dir.mkdir(parents=True, exist_ok=True)
+        coco_images, coco_annotations = [], []
+        for name, image_path, label_path in volumes:
+            pixels, labels = _read_pair(image_path, label_path, self.axis, *self.window)
+            first_image = self.images_written + 1
+            coco_images += self._write_slices(pixels, name, image_dir)
+            coco_annotations += self._annotations(labels, first_image)
+        return coco_images, coco_annotations
+
+    def _write_slices(self, pixels: np.ndarray, name: str, image_dir: Path) -> list[dict[str, Any]]:
+        """Save each slice as ``<name>_<slice>.<format>``; their ``images`` entries."""
+        height, width = pixels.shape[1:]
+        entries = []
+        for s, slice_pixels in enumerate(pixels):
+            file_name = f"{name}_{s}.{self.image_format}"
+            Image.fromarray(slice_pixels).save(image_dir / file_name, **self.save_options)
+            self.images_written += 1
+            entries.append(rle.image_entry(self.images_written, file_name, height, width, volume=name, slice=s))
+        return entries
+
+    def _annotations(self, labels: np.ndarray, first_image: int) -> list[dict[str, Any]]:
+        """The ``annotations`` entries of one volume's label slices, the first slice being image ``first_image``."""
+        keys, masks = slice_instances(
+            labels, self.categories, per_component=self.per_component, empty_annotations=self.empty_annotations
+        )
+        entries = []
+        for (s, category_id), fields in zip(keys, rle.annotation_fields(masks), strict=True):
+            self.annotations_written += 1
+            entry = {"id": self.annotations_written, "image_id": first_image + s, "category_id": category_id}
+            entries.append({**entry, **fields, "iscrowd": 0})
+        return entries
+
+
+def _volume_names(
+    images: Sequence[str | Path], labels: Sequence[str | Path], axis: str, image_format: str
+) -> list[str]:
+    """The volumes' names (they name the slice files), once the arguments are known to fit together."""
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} image volume(s) but {len(labels)} label volume(s)")
     if axis not in AXES:
@@ -200,60 +251,7 @@ def convert_volumes(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"volume names must be unique (they name the slice files): {duplicates}")
-    splits = split_volumes(len(images), val_fraction, test_fraction, seed)
-    categories_json = [
-        {"id": value, "name": name} for value, name in sorted((categories or {1: DEFAULT_CATEGORY}).items())
-    ]
-    save_options = {"quality": JPEG_QUALITY} if image_format == "jpg" else {}
-
-    out_dir = Path(out_dir)
-    paths: dict[str, Path] = {}
-    image_id = annotation_id = 0
-    for split in SPLITS:
-        if not splits[split]:
-            continue
-        image_dir = out_dir / split
-        image_dir.mkdir(parents=True, exist_ok=True)
-        coco_images, coco_annotations = [], []
-        for v in splits[split]:
-            pixels, label_stack = _read_pair(images[v], labels[v], AXES[axis], window_center, window_width)
-            keys, masks = slice_instances(
-                label_stack, categories, per_component=per_component, empty_annotations=empty_annotations
-            )
-            first_id = image_id + 1
-            height, width = pixels.shape[1:]
-            for s, slice_pixels in enumerate(pixels):
-                image_id += 1
-                file_name = f"{names[v]}_{s}.{image_format}"
-                Image.fromarray(slice_pixels).save(image_dir / file_name, **save_options)
-                coco_images.append(
-                    {
-                        "id": image_id,
-                        "width": width,
-                        "height": height,
-                        "file_name": file_name,
-                        "license": 0,
-                        "volume": names[v],
-                        "slice": s,
-                    }
-                )
-            for (s, category_id), fields in zip(keys, rle_fields(masks), strict=True):
-                annotation_id += 1
-                coco_annotations.append(
-                    {"id": annotation_id, "image_id": first_id + s, "category_id": category_id, **fields, "iscrowd": 0}
-                )
-        coco = {
-            "info": {"description": "CT volumes converted by segmentation.data.volumes_to_coco", "seed": seed},
-            "licenses": [],
-            "images": coco_images,
-            "annotations": coco_annotations,
-            "categories": categories_json,
-        }
-        json_path = out_dir / f"{split}.json"
-        json_path.write_text(json.dumps(coco))
-        paths[f"{split}_json"] = json_path
-        paths[f"{split}_images"] = image_dir
-    return paths
+    return names
 
 
 def _read_pair(

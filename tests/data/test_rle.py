@@ -65,3 +65,15 @@ def test_area_takes_more_masks_than_pycocotools_does_in_one_call() -> None:
     encoded = rle.encode(masks)
     assert rle.area(encoded).tolist() == [k % 64 for k in range(300)]
     assert rle.area(encoded[5]) == 5
+
+
+def test_rle_problem_reads_pycocotools_strings_and_names_what_does_not_fit_the_image() -> None:
+    mask = np.zeros((6, 5), dtype=bool)
+    mask[1:4, 2:5] = True
+    compressed = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+    assert rle.compressed_counts(compressed["counts"]) == rle.uncompressed_counts(mask)
+    assert rle.rle_problem({**compressed, "counts": compressed["counts"].decode()}, 6, 5) is None
+    assert "not a valid COCO RLE string" in rle.rle_problem({"size": [6, 5], "counts": "\x7f"}, 6, 5)
+    assert "summing to 7, expected height*width = 30" in rle.rle_problem({"size": [6, 5], "counts": [3, 4]}, 6, 5)
+    assert "RLE of size [7, 5]" in rle.rle_problem({"size": [7, 5], "counts": [35]}, 6, 5)
