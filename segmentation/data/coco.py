@@ -30,7 +30,6 @@ from segmentation.data.coco_records import (
     Category,
     CocoFormatError,
     ImageRecord,
-    contiguous_categories,  # noqa: F401  (the record types and the label rule are used from here)
     parse_annotation,
     parse_categories,
     parse_image,

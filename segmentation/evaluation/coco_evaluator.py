@@ -42,7 +42,7 @@ from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 
 from segmentation.data import rle
-from segmentation.data.coco import contiguous_categories
+from segmentation.data.coco_records import contiguous_categories
 from segmentation.evaluation.coco_stats import (
     IOU_THRESHOLDS,
     MAX_DETECTIONS,
