@@ -12,16 +12,7 @@ from tiny_model import tiny_arch
 
 REPO = Path(__file__).resolve().parents[1]
 
-# the benchmark trains a few steps: smaller heads and fewer training proposals than the other tests keep them short
-TINY_ARCH = tiny_arch(
-    fpn_out_channels=16,
-    box_head_fc_dim=32,
-    mask_head_num_conv=1,
-    roi_batch_size_per_image=32,
-    rpn_pre_nms_topk_train=200,
-    rpn_post_nms_topk_train=100,
-    rpn_pre_nms_topk_test=100,
-)
+TINY_ARCH = tiny_arch()
 REQUIRED_KEYS = {
     "train_images_per_s",
     "stock_train_images_per_s",
