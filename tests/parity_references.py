@@ -8,8 +8,8 @@ keeps its own comparison (the tests assert a tolerance, the report records the w
 Why a module under ``tests/`` rather than in the ``segmentation`` package or in ``scripts/``: it knows the layout of
 detectron2's fixture folders and the names of the recorded arrays, which no user of the package needs, so the
 package stays free of it; and the tests must not depend on the report, while the report is a developer script run
-from a checkout, where ``tests/`` is always present. ``tests/conftest.py`` puts ``tests/`` on ``sys.path`` for the
-tests; the report adds it itself.
+from a checkout, where ``tests/`` is always present. pytest puts ``tests/`` on ``sys.path`` when it loads
+``tests/conftest.py``; the report adds it itself.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 ResNet-18, FPN 32 and small heads: a forward pass on a 128 px image takes milliseconds on a CPU. It is defined once
 here so that a change to ``MaskRCNNConfig``'s fields is made in one place; a test names only what it needs to be
 different (``tiny_arch(num_classes=2)``). It is a plain module, not a fixture, because tests use it at import time
-(module constants, module-scoped fixtures, other test modules importing them); ``tests/conftest.py`` puts ``tests/``
-on ``sys.path``, so ``from tiny_model import tiny_arch`` works from every test folder.
+(module constants, module-scoped fixtures, other test modules importing them). pytest puts ``tests/`` on
+``sys.path`` when it loads ``tests/conftest.py`` (``tests/`` is no package), so ``from tiny_model import tiny_arch``
+works from every test folder.
 """
 
 from __future__ import annotations
