@@ -8,25 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_model import tiny_arch
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_ARCH = {
-    "num_classes": 1,
-    "depth": 18,
-    "res2_out_channels": 64,
-    "norm": "BN",
-    "freeze_at": 0,
-    "fpn_out_channels": 16,
-    "box_head_fc_dim": 32,
-    "mask_head_conv_dim": 16,
-    "mask_head_num_conv": 1,
-    "roi_batch_size_per_image": 32,
-    "rpn_pre_nms_topk_train": 200,
-    "rpn_post_nms_topk_train": 100,
-    "rpn_pre_nms_topk_test": 100,
-    "rpn_post_nms_topk_test": 50,
-}
+TINY_ARCH = tiny_arch()
 REQUIRED_KEYS = {
     "train_images_per_s",
     "stock_train_images_per_s",

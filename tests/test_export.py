@@ -6,25 +6,13 @@ import numpy as np
 import onnxruntime  # the dev extra installs it: a missing runtime must fail, not skip
 import pytest
 import torch
+from tiny_model import tiny_config
 
 from segmentation import export
 from segmentation.model import poolers, postprocess
-from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
 
-TINY_ARCH = MaskRCNNConfig(
-    num_classes=2,
-    depth=18,
-    res2_out_channels=64,
-    norm="BN",
-    freeze_at=0,
-    fpn_out_channels=32,
-    box_head_fc_dim=64,
-    mask_head_conv_dim=16,
-    rpn_pre_nms_topk_test=200,
-    rpn_post_nms_topk_test=50,
-    detections_per_image=8,
-)
+TINY_ARCH = tiny_config(num_classes=2, detections_per_image=8)
 
 
 @pytest.fixture(scope="module")

@@ -15,24 +15,13 @@ import torch
 import yaml
 from PIL import Image
 from pycocotools.coco import COCO
+from tiny_model import tiny_arch
 
 from segmentation import predict
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
 
-TINY_ARCH = {
-    "num_classes": 1,
-    "depth": 18,
-    "res2_out_channels": 64,
-    "norm": "BN",
-    "freeze_at": 0,
-    "fpn_out_channels": 32,
-    "box_head_fc_dim": 64,
-    "mask_head_conv_dim": 16,
-    "rpn_pre_nms_topk_test": 200,
-    "rpn_post_nms_topk_test": 50,
-    "detections_per_image": 5,
-}
+TINY_ARCH = tiny_arch()
 SPACING, ORIGIN = (0.7, 0.8, 2.5), (-10.0, 5.0, 100.0)
 
 

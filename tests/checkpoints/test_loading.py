@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_model import tiny_arch
 
 from segmentation import predict
 from segmentation.checkpoints.files import CheckpointError, UnsafeCheckpointError
@@ -18,19 +19,7 @@ from segmentation.checkpoints.loading import load_trained
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
 
-TINY_ARCH = {
-    "num_classes": 2,
-    "depth": 18,
-    "res2_out_channels": 64,
-    "norm": "BN",
-    "freeze_at": 0,
-    "fpn_out_channels": 32,
-    "box_head_fc_dim": 64,
-    "mask_head_conv_dim": 16,
-    "rpn_pre_nms_topk_test": 200,
-    "rpn_post_nms_topk_test": 50,
-    "detections_per_image": 5,
-}
+TINY_ARCH = tiny_arch(num_classes=2)
 
 
 def lightning_checkpoint(path: Path) -> dict[str, torch.Tensor]:

@@ -10,33 +10,21 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from parity_references import (
+    SIZE,
+    TINY_LUNG,
+    fpn_features,
+    load_tiny_lung,
+    loss_batch,
+    mapped_image,
+    tiny_lung_split,
+)
 
-from segmentation.checkpoints.loading import load_weights
-from segmentation.data.augmentation import ImageTransform
-from segmentation.data.coco import load_coco_json
-from segmentation.data.mapper import map_for_inference, map_for_training
-from segmentation.model.config import MaskRCNNConfig
-from segmentation.model.mask_rcnn import MaskRCNN, build_mask_rcnn
+from segmentation.data.mapper import map_for_inference
+from segmentation.model.mask_rcnn import MaskRCNN
 
 pytestmark = pytest.mark.parity
 
-TINY_LUNG = MaskRCNNConfig(
-    num_classes=1,
-    depth=50,
-    num_groups=4,
-    width_per_group=4,
-    res2_out_channels=64,
-    stride_in_1x1=False,
-    norm="FrozenBN",
-    freeze_at=0,
-    fpn_out_channels=64,
-    box_head_fc_dim=256,
-    mask_head_conv_dim=64,
-    roi_batch_size_per_image=128,
-    pixel_std=(57.375, 57.12, 58.395),
-)
-SIZE = 512
-FEATURE_NAMES = {"p2": "0", "p3": "1", "p4": "2", "p5": "3", "p6": "pool"}
 # detectron2 against itself, 1 vs 2 threads (../shared/parity/tolerances.json): features 6.3e-6 x level std, proposal
 # logits 6.7e-6, boxes 9.2e-5 px, scores 1.8e-6, losses 2.6e-7 relative; masks and AP identical.
 FEATURE_TOL = 1e-5  # x level std
@@ -56,15 +44,9 @@ def _threads():
     torch.set_num_threads(previous)
 
 
-def _load(cfg: MaskRCNNConfig, parity_dir: Path) -> MaskRCNN:
-    model = build_mask_rcnn(cfg)
-    load_weights(model, parity_dir / "tiny_lung" / "model_final.pkl")
-    return model
-
-
 @pytest.fixture(scope="module")
 def model(parity_dir: Path) -> MaskRCNN:
-    return _load(TINY_LUNG, parity_dir).eval()
+    return load_tiny_lung(parity_dir).eval()
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +54,9 @@ def expected(parity_dir: Path) -> Path:
     return parity_dir / "tiny_lung" / "expected"
 
 
-def _mapped_image(expected: Path, i: int) -> torch.Tensor:
-    gray = np.load(expected / "mapped_inputs.npz")[f"image_{i}"]
-    return torch.from_numpy(np.stack([gray] * 3))
-
-
 def test_fpn_features_match_detectron2(model: MaskRCNN, expected: Path) -> None:
     ref = np.load(expected / "features.npz")
-    with torch.no_grad():
-        image_list, _ = model.transform([_mapped_image(expected, 0)])
-        features = model.backbone(image_list.tensors)
-    for level, name in FEATURE_NAMES.items():
-        ours = features[name][0].numpy()
+    for level, ours in fpn_features(model, mapped_image(expected, 0)).items():
         std = float(ref[f"{level}_std"])
         assert list(ours.shape) == list(ref[f"{level}_shape"])
         c, y, x = ref[f"{level}_pos"].T
@@ -97,7 +70,7 @@ def test_fpn_features_match_detectron2(model: MaskRCNN, expected: Path) -> None:
 @pytest.mark.parametrize("i", [0, 1, 2])
 def test_proposals_match_detectron2_as_sets(model: MaskRCNN, expected: Path, i: int) -> None:
     ref = np.load(expected / "proposals.npz")
-    image = _mapped_image(expected, i)
+    image = mapped_image(expected, i)
     assert tuple(image.shape[1:]) == tuple(ref[f"resized_hw_{i}"])
     with torch.no_grad():
         image_list, _ = model.transform([image])
@@ -134,8 +107,7 @@ def _match_one_to_one(ours: dict[str, torch.Tensor], theirs: list[dict]) -> None
 
 
 def test_predictions_match_detectron2_one_to_one(model: MaskRCNN, parity_dir: Path, expected: Path) -> None:
-    dataset = parity_dir / "tiny_lung" / "dataset"
-    split = load_coco_json(dataset / "coco_val_lung.json", dataset / "val")
+    split = tiny_lung_split(parity_dir)
     reference = json.loads((expected / "predictions.json").read_text())
     assert len(split.images) == 24
     for record in split.images:
@@ -150,18 +122,9 @@ def test_predictions_match_detectron2_one_to_one(model: MaskRCNN, parity_dir: Pa
 @pytest.mark.parametrize("batch", ["batch_A", "batch_B"])
 def test_training_losses_match_detectron2(parity_dir: Path, expected: Path, batch: str) -> None:
     cfg = dataclasses.replace(TINY_LUNG, rpn_batch_size_per_image=1_000_000, roi_batch_size_per_image=1_000_000)
-    model = _load(cfg, parity_dir).train()
+    model = load_tiny_lung(parity_dir, cfg).train()
     reference = json.loads((expected / "losses.json").read_text())[batch]
-    dataset = parity_dir / "tiny_lung" / "dataset"
-    split = load_coco_json(dataset / "coco_train_lossbatch_lung.json", dataset / "train")
-    by_name = {Path(r.file_name).name: r for r in split.images}
-    images, targets = [], []
-    for name in reference["file_names"]:
-        record = by_name[name]
-        resize = ImageTransform.resize(record.height, record.width, SIZE, SIZE)
-        image, target = map_for_training(record, resize, split.categories)
-        images.append(image)
-        targets.append(target)
+    images, targets = loss_batch(parity_dir, reference["file_names"])
     assert [len(t["labels"]) for t in targets] == reference["gt_instances_after_mapper"]
     torch.manual_seed(0)
     with torch.no_grad():

@@ -3,28 +3,10 @@
 import json
 
 import pytest
+from parity_references import schedule_from_overrides
 
 from segmentation.errors import ConfigError
 from segmentation.training.schedule import Schedule, lr_multiplier
-
-# detectron2's SOLVER keys -> our Schedule fields
-_KEYS = {
-    "SOLVER.LR_SCHEDULER_NAME": "name",
-    "SOLVER.WARMUP_METHOD": "warmup_method",
-    "SOLVER.WARMUP_ITERS": "warmup_iters",
-    "SOLVER.WARMUP_FACTOR": "warmup_factor",
-    "SOLVER.STEPS": "milestones",
-    "SOLVER.GAMMA": "gamma",
-    "SOLVER.BASE_LR_END": "base_lr_end",
-}
-
-
-def _schedule(overrides: list) -> tuple[Schedule, float, int]:
-    settings = dict(zip(overrides[::2], overrides[1::2], strict=True))
-    fields = {_KEYS[k]: v for k, v in settings.items() if k in _KEYS}
-    if isinstance(fields.get("milestones"), str):  # detectron2's fixture records the tuple as text
-        fields["milestones"] = [int(v) for v in fields["milestones"].strip("()").split(",")]
-    return Schedule(**fields), settings["SOLVER.BASE_LR"], settings["SOLVER.MAX_ITER"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +19,7 @@ def detectron2_schedules(parity_dir):
 )
 def test_every_iterations_lr_is_detectron2s(detectron2_schedules, name):
     reference = detectron2_schedules[name]
-    schedule, base_lr, max_iter = _schedule(reference["config_overrides"])
+    schedule, base_lr, max_iter = schedule_from_overrides(reference["config_overrides"])
     multiplier = lr_multiplier(schedule, base_lr=base_lr, max_iter=max_iter)
     expected = reference["lr_at_iteration"]
     assert len(expected) == max_iter
