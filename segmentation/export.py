@@ -7,10 +7,10 @@ returns ``boxes`` float32 ``(N, 4)`` xyxy, ``labels`` int64 ``(N,)`` (1..K), ``s
 
 It is exported with the TorchScript tracer (``torch.onnx.export(dynamo=False)``, opset 17). Tracing records Python
 values as constants. Where the model would use Python numbers that depend on the image, the parts themselves
-compute them as tensors: the ROI pooler always does; box clipping (the image size), the ROI heads' inference (boxes
-and detections per image) and the mask paste (the number of chunks) take a branch under ``torch.jit.is_tracing()``
-with single-image tensor arithmetic that gives the same values, and NMS orders its output by score under
-``torch.onnx.is_in_onnx_export()``. This module only traces, so the graph's numbers are the model's:
+compute them as tensors: the ROI pooler always does, and so does torchvision's box clipping while tracing; the ROI
+heads' inference (boxes and detections per image) and the mask paste (the number of chunks) take a branch under
+``torch.jit.is_tracing()`` with single-image tensor arithmetic that gives the same values, and NMS orders its output
+by score under ``torch.onnx.is_in_onnx_export()``. This module only traces, so the graph's numbers are the model's:
 :func:`compare_with_onnxruntime` runs both on the same images (``--images``: the first traces).
 
     python -m segmentation.export --config C --model.weights W --output model.onnx --images IMG [IMG ...] [--size 512]

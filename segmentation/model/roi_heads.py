@@ -17,10 +17,10 @@ from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import box_iou, roi_align
+from torchvision.ops import box_iou, clip_boxes_to_image, roi_align
 
-from segmentation.model.box_ops import batched_nms, clip_boxes_to_image
 from segmentation.model.init import c2_msra_fill, c2_xavier_fill
+from segmentation.model.nms import batched_nms
 from segmentation.model.poolers import D2MultiScaleRoIAlign
 from segmentation.model.sampling import subsample_labels
 

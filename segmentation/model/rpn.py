@@ -15,10 +15,10 @@ from torch import Tensor
 from torchvision.models.detection._utils import _topk_min
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, clip_boxes_to_image
 
 from segmentation.model.anchors import D2AnchorGenerator
-from segmentation.model.box_ops import batched_nms, clip_boxes_to_image
+from segmentation.model.nms import batched_nms
 from segmentation.model.sampling import subsample_labels
 
 
