@@ -6,10 +6,12 @@ returns ``boxes`` float32 ``(N, 4)`` xyxy, ``labels`` int64 ``(N,)`` (1..K), ``s
 ``masks`` uint8 ``(N, S, S)`` (0/1, pasted as detectron2 pastes them); ``N`` varies from image to image.
 
 It is exported with the TorchScript tracer (``torch.onnx.export(dynamo=False)``, opset 17). Tracing records Python
-values as constants, and three places of the model use Python numbers that depend on the image (the number of
-proposals and detections per image, the number of paste chunks); while tracing, :func:`traceable` replaces them by
-single-image tensor arithmetic that computes the same values. Nothing else changes, so the graph's numbers are the
-model's: :func:`compare_with_onnxruntime` runs both on the same images (``--images``: the first traces).
+values as constants. Where the model would use Python numbers that depend on the image, the parts themselves
+compute them as tensors: the ROI pooler always does, and so does torchvision's box clipping while tracing; the ROI
+heads' inference (boxes and detections per image) and the mask paste (the number of chunks) take a branch under
+``torch.jit.is_tracing()`` with single-image tensor arithmetic that gives the same values, and NMS orders its output
+by score under ``torch.onnx.is_in_onnx_export()``. This module only traces, so the graph's numbers are the model's:
+:func:`compare_with_onnxruntime` runs both on the same images (``--images``: the first traces).
 
     python -m segmentation.export --config C --model.weights W --output model.onnx --images IMG [IMG ...] [--size 512]
 
@@ -18,26 +20,20 @@ Needs ``onnx`` and ``onnxruntime`` (the ``onnx`` extra).
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import types
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.cli import LightningArgumentParser
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 from segmentation.checkpoints.loading import load_for_command
 from segmentation.cli import SegmentationCLI, config_given
 from segmentation.data.images import read_image_bgr
 from segmentation.errors import user_errors_exit
-from segmentation.model import poolers, postprocess, roi_heads, rpn
 from segmentation.model.mask_rcnn import MaskRCNN
 
 OPSET = 17
@@ -54,61 +50,6 @@ class ExportableMaskRCNN(torch.nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         (out,) = self.model([image])
         return out["boxes"], out["labels"], out["scores"], out["masks"].to(torch.uint8)
-
-
-def _single_image_rois(boxes: Sequence[Tensor]) -> Tensor:
-    (only,) = boxes
-    return torch.cat([torch.zeros_like(only[:, :1]), only], dim=1)
-
-
-def _single_image_inference(
-    self: torch.nn.Module, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
-) -> list[dict[str, Tensor]]:
-    """``D2RoIHeads.inference`` for one image, without splitting by Python counts."""
-    class_logits, box_deltas = self._box_outputs(features, proposals, image_shapes)
-    boxes = self.box_coder.decode_single(box_deltas.float(), proposals[0].float())
-    result = self._detections_of_image(boxes, F.softmax(class_logits.float(), dim=-1), image_shapes[0])
-    mask_logits = self._mask_logits(features, [result["boxes"]], image_shapes)
-    index = result["labels"][:, None, None, None].expand(-1, 1, *mask_logits.shape[2:])
-    result["masks"] = mask_logits.gather(1, index).float().sigmoid()
-    return [result]
-
-
-def _traced_clip_boxes(boxes: Tensor, size: tuple[Tensor | int, Tensor | int]) -> Tensor:
-    """torchvision's ``clip_boxes_to_image``, but the traced image size stays a graph value (torchvision's tracing
-    branch wraps it in ``torch.tensor``, which the tracer records as the traced image's constant)."""
-    height, width = (torch.as_tensor(v, dtype=boxes.dtype) for v in size)
-    x = torch.minimum(boxes[..., 0::2].clamp(min=0), width)
-    y = torch.minimum(boxes[..., 1::2].clamp(min=0), height)
-    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
-
-
-def _score_ordered_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """``batched_nms`` whose kept indices are in descending score order, as PyTorch's are: ONNX leaves the order of
-    ``NonMaxSuppression``'s output open (OpenVINO's differs), and the top-k slices after NMS depend on it."""
-    keep = batched_nms(boxes, scores, idxs, iou_threshold)
-    return keep[torch.sort(scores[keep], descending=True).indices]
-
-
-@contextlib.contextmanager
-def traceable(model: MaskRCNN) -> Iterator[None]:
-    """While tracing one image: rois, detections, box clipping and mask pasting computed without image-dependent
-    Python numbers, so that the graph also holds at other image sizes, and NMS output ordered by score."""
-    saved_rois, saved_chunk = poolers.rois_with_batch_index, postprocess.PASTE_PIXELS_PER_CHUNK
-    saved_clips = rpn.clip_boxes_to_image, roi_heads.clip_boxes_to_image
-    saved_nms = rpn.batched_nms, roi_heads.batched_nms
-    rpn.batched_nms = roi_heads.batched_nms = _score_ordered_nms
-    poolers.rois_with_batch_index = _single_image_rois
-    postprocess.PASTE_PIXELS_PER_CHUNK = sys.maxsize  # one paste for all detections
-    rpn.clip_boxes_to_image = roi_heads.clip_boxes_to_image = _traced_clip_boxes
-    model.roi_heads.inference = types.MethodType(_single_image_inference, model.roi_heads)
-    try:
-        yield
-    finally:
-        poolers.rois_with_batch_index, postprocess.PASTE_PIXELS_PER_CHUNK = saved_rois, saved_chunk
-        rpn.clip_boxes_to_image, roi_heads.clip_boxes_to_image = saved_clips
-        rpn.batched_nms, roi_heads.batched_nms = saved_nms
-        del model.roi_heads.inference
 
 
 def export_onnx(model: MaskRCNN, output: str | Path, sample: Tensor) -> Path:
@@ -151,7 +92,7 @@ def _trace_to_onnx(
     dynamic_axes = {name: {0: "detections"} for name in output_names}
     if input_axes:
         dynamic_axes["image"] = input_axes
-    with traceable(model), torch.no_grad():
+    with torch.no_grad():
         torch.onnx.export(
             graph(model).eval(),  # a train-mode wrapper would be restored to train mode, model too
             (sample,),
@@ -193,7 +134,7 @@ def export_runtime_onnx(model: MaskRCNN, output: str | Path, sample: Tensor) -> 
         ValueError: the model detects nothing on ``sample`` (the mask head would not be traced).
     """
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shape-dependent spots are handled above
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the parts handle the shape-dependent spots
         return _trace_to_onnx(
             model, RuntimeGraphModule, output, sample, RUNTIME_OUTPUT_NAMES, {1: "height", 2: "width"}
         )

@@ -2,7 +2,8 @@
 
 torchvision rounds the cell anchors, derives each level's stride as ``padded_size // grid_size`` (64 becomes 58 on
 P6 when the padded side is not a multiple of 64) and builds anchors in the feature dtype (fp16 under autocast).
-detectron2 keeps the cell anchors unrounded, uses the fixed strides 4..64 with offset 0 and fp32. This subclass
+detectron2 keeps the cell anchors unrounded, uses the backbone's fixed strides (4..64, from its
+``feature_info``) with offset 0 and fp32. This subclass
 does the latter; the anchor order (position-major, then size, then aspect ratio) is the same in both.
 """
 

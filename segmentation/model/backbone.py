@@ -6,6 +6,10 @@ torchvision's names (``conv1``, ``bn1``, ``layer{1..4}.{b}.conv{k}/bn{k}/downsam
 torchvision and timm checkpoints all load by name. The FPN is torchvision's ``FeaturePyramidNetwork`` with
 ``LastLevelMaxPool`` (P6 = max-pool k1 s2 of P5, as detectron2); its default init is detectron2's
 ``c2_xavier_fill``.
+
+Both publish their outputs' channels and strides as timm models do, a ``feature_info`` (timm's ``FeatureInfo``:
+one ``{"num_chs", "reduction", "module"}`` dict per output): the anchor generator and the ROI poolers take their
+strides from it instead of repeating them.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import functools
 from collections import OrderedDict
 
 import torch.nn.functional as F
+from timm.models import FeatureInfo
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from segmentation.model.config import MaskRCNNConfig, Norm
+from segmentation.model.config import FpnNorm, Norm
+from segmentation.model.init import c2_msra_fill
 
 BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 
@@ -34,20 +40,6 @@ def make_norm(norm: Norm, channels: int) -> nn.Module:
     if norm == "GN":
         return nn.GroupNorm(32, channels)
     raise ValueError(f"unknown norm {norm!r}")
-
-
-def c2_msra_fill(module: nn.Module) -> None:
-    """detectron2's ``c2_msra_fill``: He normal (fan_out, ReLU) weights, zero bias."""
-    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    if module.bias is not None:
-        nn.init.zeros_(module.bias)
-
-
-def c2_xavier_fill(module: nn.Module) -> None:
-    """detectron2's ``c2_xavier_fill``: Caffe2 Xavier (uniform, a=1) weights, zero bias."""
-    nn.init.kaiming_uniform_(module.weight, a=1)
-    if module.bias is not None:
-        nn.init.zeros_(module.bias)
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -117,36 +109,53 @@ def _to_frozen(module: nn.Module) -> nn.Module:
 class ResNet(nn.Module):
     """The stem (``conv1``/``bn1`` + 3x3 max-pool) and stages res2..res5 as ``layer1..layer4``.
 
-    ``forward`` returns res2..res5 as an ordered dict keyed "0".."3" (torchvision's FPN feature names).
+    ``forward`` returns res2..res5 as an ordered dict keyed "0".."3" (torchvision's FPN feature names);
+    ``feature_info`` gives their channels and strides (4..32) under timm's module names ``layer1..layer4``.
+    The arguments are detectron2's ``MODEL.RESNETS`` keys and ``MODEL.BACKBONE.FREEZE_AT`` (see ``MaskRCNNConfig``).
     """
 
-    def __init__(self, cfg: MaskRCNNConfig) -> None:
+    def __init__(
+        self,
+        depth: int,
+        *,
+        num_groups: int,
+        width_per_group: int,
+        stem_out_channels: int,
+        res2_out_channels: int,
+        stride_in_1x1: bool,
+        norm: Norm,
+        freeze_at: int,
+    ) -> None:
         super().__init__()
-        if cfg.depth not in BLOCKS_PER_STAGE:
-            raise ValueError(f"unsupported depth {cfg.depth}")
-        basic = cfg.depth in (18, 34)
-        if basic and (cfg.res2_out_channels != 64 or cfg.num_groups != 1):
+        if depth not in BLOCKS_PER_STAGE:
+            raise ValueError(f"unsupported depth {depth}")
+        basic = depth in (18, 34)
+        if basic and (res2_out_channels != 64 or num_groups != 1):
             raise ValueError("ResNet-18/34 need res2_out_channels 64 and num_groups 1 (as detectron2)")
-        self.conv1 = _conv(3, cfg.stem_out_channels, 7, stride=2)
-        self.bn1 = make_norm(cfg.norm, cfg.stem_out_channels)
-        in_ch, out_ch = cfg.stem_out_channels, cfg.res2_out_channels
-        bottleneck_ch = cfg.num_groups * cfg.width_per_group
-        self.out_channels: list[int] = []
-        for idx, num_blocks in enumerate(BLOCKS_PER_STAGE[cfg.depth]):
-            blocks = []
+        self.conv1 = _conv(3, stem_out_channels, 7, stride=2)
+        self.bn1 = make_norm(norm, stem_out_channels)
+        in_ch, out_ch, bottleneck_ch = stem_out_channels, res2_out_channels, num_groups * width_per_group
+        info = []
+        for idx, num_blocks in enumerate(BLOCKS_PER_STAGE[depth]):
+            blocks: list[nn.Module] = []
             for b in range(num_blocks):
                 stride = 2 if idx > 0 and b == 0 else 1
                 if basic:
-                    blocks.append(BasicBlock(in_ch, out_ch, stride, cfg.norm))
+                    blocks.append(BasicBlock(in_ch, out_ch, stride, norm))
                 else:
-                    blocks.append(
-                        Bottleneck(in_ch, bottleneck_ch, out_ch, stride, cfg.num_groups, cfg.stride_in_1x1, cfg.norm)
-                    )
+                    blocks.append(Bottleneck(in_ch, bottleneck_ch, out_ch, stride, num_groups, stride_in_1x1, norm))
                 in_ch = out_ch
             self.add_module(f"layer{idx + 1}", nn.Sequential(*blocks))
-            self.out_channels.append(out_ch)
+            # stride 4 after the stem's stride-2 conv and max-pool, then each stage's first block halves the size
+            info.append({"num_chs": out_ch, "reduction": 4 * 2**idx, "module": f"layer{idx + 1}"})
             out_ch, bottleneck_ch = out_ch * 2, bottleneck_ch * 2
-        self._freeze(cfg.freeze_at)
+        self.feature_info = FeatureInfo(info, out_indices=tuple(range(len(info))))
+        self._freeze(freeze_at)
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of res2..res5, the FPN's inputs."""
+        return self.feature_info.channels()
 
     def _freeze(self, freeze_at: int) -> None:
         if freeze_at >= 1:
@@ -171,22 +180,25 @@ class ResNet(nn.Module):
 
 
 class ResNetFPN(nn.Module):
-    """``body`` (ResNet) + ``fpn``: returns P2..P6 keyed "0", "1", "2", "3", "pool" (strides 4..64)."""
+    """``body`` (ResNet) + ``fpn``: returns P2..P6 keyed "0", "1", "2", "3", "pool" (strides 4..64).
 
-    def __init__(self, cfg: MaskRCNNConfig) -> None:
+    ``feature_info`` lists the five outputs; there ``module`` is the output's key, as timm's feature wrappers
+    key their output dicts by module name.
+    """
+
+    def __init__(self, body: ResNet, out_channels: int, *, norm: FpnNorm) -> None:
         super().__init__()
-        self.body = ResNet(cfg)
+        self.body = body
         # With a norm, detectron2's FPN convs have no bias, as torchvision's do when given a norm_layer.
-        norm_layer = functools.partial(make_norm, cfg.fpn_norm) if cfg.fpn_norm else None
+        norm_layer = functools.partial(make_norm, norm) if norm else None
         self.fpn = FeaturePyramidNetwork(
-            self.body.out_channels, cfg.fpn_out_channels, extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer
+            body.out_channels, out_channels, extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer
         )
-        self.out_channels = cfg.fpn_out_channels
+        self.out_channels = out_channels
+        body_strides = body.feature_info.reduction()
+        levels = [(str(i), stride) for i, stride in enumerate(body_strides)] + [("pool", 2 * body_strides[-1])]
+        info = [{"num_chs": out_channels, "reduction": stride, "module": key} for key, stride in levels]
+        self.feature_info = FeatureInfo(info, out_indices=tuple(range(len(info))))
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         return self.fpn(self.body(x))
-
-
-def build_backbone(cfg: MaskRCNNConfig) -> ResNetFPN:
-    """The ResNet/ResNeXt + FPN backbone of ``cfg`` with detectron2's initialisation and freezing."""
-    return ResNetFPN(cfg)

@@ -1,9 +1,10 @@
 """The Mask R-CNN: torchvision's ``GeneralizedRCNN`` composed from the detectron2-parity parts, and its builder.
 
-``build_mask_rcnn(cfg)`` is the one place that reads ``MaskRCNNConfig``. The parts are injected torchvision
-style (backbone, anchor generator, RPN, poolers, heads, transform); the state-dict names are torchvision
-``MaskRCNN``'s. The transform only converts, normalises (BGR 0-255, detectron2's mean/std) and pads bottom-right
-to a multiple of 32: images arrive already resized by detectron2's rule in the data pipeline.
+``build_mask_rcnn(cfg)`` (with ``build_backbone``) is the one place that reads ``MaskRCNNConfig``: the parts take
+explicit arguments and are injected torchvision style (backbone, anchor generator, RPN, poolers, heads,
+transform); the anchor and pooler strides come from the backbone's ``feature_info``. The state-dict names are
+torchvision ``MaskRCNN``'s. The transform only converts, normalises (BGR 0-255, detectron2's mean/std) and pads
+bottom-right to a multiple of 32: images arrive already resized by detectron2's rule in the data pipeline.
 """
 
 from __future__ import annotations
@@ -16,15 +17,12 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from segmentation.model.anchors import D2AnchorGenerator
-from segmentation.model.backbone import build_backbone
+from segmentation.model.backbone import ResNet, ResNetFPN
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.poolers import D2MultiScaleRoIAlign
 from segmentation.model.postprocess import detector_postprocess
 from segmentation.model.roi_heads import BoxHead, D2RoIHeads, box_predictor, mask_head, mask_predictor
 from segmentation.model.rpn import D2RPN
-
-ANCHOR_STRIDES = (4, 8, 16, 32, 64)
-ROI_FEATURES = ["0", "1", "2", "3"]
 
 
 class D2Transform(GeneralizedRCNNTransform):
@@ -75,11 +73,27 @@ class MaskRCNN(GeneralizedRCNN):
         ]
 
 
+def build_backbone(cfg: MaskRCNNConfig) -> ResNetFPN:
+    """The ResNet/ResNeXt + FPN backbone of ``cfg`` with detectron2's initialisation and freezing."""
+    body = ResNet(
+        cfg.depth,
+        num_groups=cfg.num_groups,
+        width_per_group=cfg.width_per_group,
+        stem_out_channels=cfg.stem_out_channels,
+        res2_out_channels=cfg.res2_out_channels,
+        stride_in_1x1=cfg.stride_in_1x1,
+        norm=cfg.norm,
+        freeze_at=cfg.freeze_at,
+    )
+    return ResNetFPN(body, cfg.fpn_out_channels, norm=cfg.fpn_norm)
+
+
 def build_mask_rcnn(cfg: MaskRCNNConfig) -> MaskRCNN:
     """Build the model described by ``cfg`` with detectron2's initialisation (no weights loaded)."""
     backbone = build_backbone(cfg)
     channels = cfg.fpn_out_channels
-    anchors = D2AnchorGenerator(cfg.anchor_sizes, cfg.anchor_aspect_ratios, ANCHOR_STRIDES)
+    levels = backbone.feature_info  # P2..P6
+    anchors = D2AnchorGenerator(cfg.anchor_sizes, cfg.anchor_aspect_ratios, levels.reduction())
     rpn = D2RPN(
         anchors,
         RPNHead(channels, anchors.num_anchors_per_location()[0]),
@@ -90,12 +104,16 @@ def build_mask_rcnn(cfg: MaskRCNNConfig) -> MaskRCNN:
         post_nms_top_n={"training": cfg.rpn_post_nms_topk_train, "testing": cfg.rpn_post_nms_topk_test},
         nms_thresh=cfg.rpn_nms_thresh,
     )
-    box_in = channels * cfg.box_pooler_resolution**2
+    roi_levels = list(range(len(levels) - 1))  # P2..P5: the ROI heads pool every level but P6, as detectron2
+
+    def pooler(resolution: int) -> D2MultiScaleRoIAlign:
+        return D2MultiScaleRoIAlign(levels.module_name(roi_levels), resolution, levels.reduction(roi_levels))
+
     roi_heads = D2RoIHeads(
-        D2MultiScaleRoIAlign(ROI_FEATURES, cfg.box_pooler_resolution),
-        BoxHead(box_in, cfg.box_head_fc_dim, cfg.box_head_num_fc),
+        pooler(cfg.box_pooler_resolution),
+        BoxHead(channels * cfg.box_pooler_resolution**2, cfg.box_head_fc_dim, cfg.box_head_num_fc),
         box_predictor(cfg.box_head_fc_dim, cfg.num_classes),
-        D2MultiScaleRoIAlign(ROI_FEATURES, cfg.mask_pooler_resolution),
+        pooler(cfg.mask_pooler_resolution),
         mask_head(channels, cfg.mask_head_conv_dim, cfg.mask_head_num_conv),
         mask_predictor(cfg.mask_head_conv_dim, cfg.num_classes),
         iou_threshold=cfg.roi_iou_threshold,

@@ -2,9 +2,9 @@
 
 torchvision's pooler hard-codes ``aligned=False`` (a half-pixel shift of every sampling grid), samples 2x2 points
 per bin and infers the level scales from the image size. detectron2 pools with ``aligned=True`` and an adaptive
-sampling ratio (0), uses the fixed strides of P2..P5 and assigns a box of size ``s`` to level
-``floor(4 + log2(s / 224 + 1e-8))`` clamped to [2, 5]. It must stay a ``MultiScaleRoIAlign`` subclass because
-torchvision's detection classes type-check their poolers.
+sampling ratio (0), uses the backbone's fixed strides of P2..P5 (its ``feature_info``) and assigns a box of size
+``s`` to level ``floor(4 + log2(s / 224 + 1e-8))`` clamped to [2, 5]. It must stay a ``MultiScaleRoIAlign``
+subclass because torchvision's detection classes type-check their poolers.
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ def assign_levels(
 
 
 def rois_with_batch_index(boxes: Sequence[Tensor]) -> Tensor:
-    """``(M, 5)`` rois ``(image_index, x0, y0, x1, y1)`` from one box tensor per image."""
-    concat = torch.cat(list(boxes))
-    counts = torch.tensor([len(b) for b in boxes], device=concat.device)
-    index = torch.repeat_interleave(torch.arange(len(boxes), dtype=concat.dtype, device=concat.device), counts)
-    return torch.cat([index[:, None], concat], dim=1)
+    """``(M, 5)`` rois ``(image_index, x0, y0, x1, y1)`` from one box tensor per image.
+
+    Each image's index column is shaped from its own boxes (torchvision's ``_convert_to_roi_format``), not from
+    Python box counts, so an exported graph holds for any number of boxes without a tracing branch.
+    """
+    return torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
 
 
 def _pooling_inputs(feature: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
@@ -45,9 +46,9 @@ def _pooling_inputs(feature: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class D2MultiScaleRoIAlign(MultiScaleRoIAlign):
-    """ROIAlignV2 (``aligned=True``, ``sampling_ratio=0``) over the named levels with fixed strides."""
+    """ROIAlignV2 (``aligned=True``, ``sampling_ratio=0``) over the named levels, each with its stride."""
 
-    def __init__(self, featmap_names: list[str], output_size: int, strides: Sequence[int] = (4, 8, 16, 32)) -> None:
+    def __init__(self, featmap_names: list[str], output_size: int, strides: Sequence[int]) -> None:
         super().__init__(featmap_names, output_size, sampling_ratio=0)
         self.strides = list(strides)
         self.min_level = int(math.log2(self.strides[0]))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-PASTE_PIXELS_PER_CHUNK = 1 << 22
+PASTE_PIXELS_PER_CHUNK = 1 << 22  # output pixels per grid_sample call: bounds the sampling grid's memory
 
 
 def paste_masks_in_image(masks: Tensor, boxes: Tensor, image_hw: tuple[int, int], threshold: float = 0.5) -> Tensor:
@@ -24,19 +24,26 @@ def paste_masks_in_image(masks: Tensor, boxes: Tensor, image_hw: tuple[int, int]
     h, w = int(image_hw[0]), int(image_hw[1])
     if masks.dim() == 3:
         masks = masks[:, None]
+    if torch.jit.is_tracing():  # one paste: a chunk loop would record the traced image's number of detections
+        return _paste(masks, boxes, h, w, threshold)
     out = torch.zeros((masks.shape[0], h, w), dtype=torch.bool, device=masks.device)
     chunk = max(1, PASTE_PIXELS_PER_CHUNK // max(h * w, 1))
+    for start in range(0, masks.shape[0], chunk):
+        end = start + chunk
+        out[start:end] = _paste(masks[start:end], boxes[start:end], h, w, threshold)
+    return out
+
+
+def _paste(masks: Tensor, boxes: Tensor, h: int, w: int, threshold: float) -> Tensor:
+    """``(n, 1, M, M)`` maps sampled at the output pixel centres of their boxes, as ``(n, h, w)`` bool."""
     ys = torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5
     xs = torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5
-    for start in range(0, masks.shape[0], chunk):
-        m, b = masks[start : start + chunk].float(), boxes[start : start + chunk].float()
-        x0, y0, x1, y1 = b.split(1, dim=1)
-        gy = (ys - y0) / (y1 - y0) * 2 - 1
-        gx = (xs - x0) / (x1 - x0) * 2 - 1
-        n = m.shape[0]
-        grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], dim=3)
-        out[start : start + chunk] = F.grid_sample(m, grid, align_corners=False)[:, 0] >= threshold
-    return out
+    x0, y0, x1, y1 = boxes.float().split(1, dim=1)
+    gy = (ys - y0) / (y1 - y0) * 2 - 1
+    gx = (xs - x0) / (x1 - x0) * 2 - 1
+    n = masks.shape[0]
+    grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], dim=3)
+    return F.grid_sample(masks.float(), grid, align_corners=False)[:, 0] >= threshold
 
 
 def detector_postprocess(

@@ -17,11 +17,12 @@ from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, roi_align
+from torchvision.ops import box_iou, clip_boxes_to_image, roi_align
 
-from segmentation.model.backbone import c2_msra_fill, c2_xavier_fill
+from segmentation.model.init import c2_msra_fill, c2_xavier_fill
+from segmentation.model.nms import batched_nms
 from segmentation.model.poolers import D2MultiScaleRoIAlign
-from segmentation.model.rpn import subsample_labels
+from segmentation.model.sampling import subsample_labels
 
 NAN = float("nan")
 
@@ -276,6 +277,8 @@ class D2RoIHeads(RoIHeads):
         self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
         """detectron2's ``fast_rcnn_inference`` then ``mask_rcnn_inference`` on the kept boxes."""
+        if torch.jit.is_tracing():
+            return self._traced_inference(features, proposals, image_shapes)
         class_logits, box_deltas = self._box_outputs(features, proposals, image_shapes)
         num_per_image = [len(p) for p in proposals]
         decoded = self.box_coder.decode_single(box_deltas.float(), torch.cat(proposals).float())
@@ -291,6 +294,20 @@ class D2RoIHeads(RoIHeads):
         for result, masks in zip(results, probs.split([len(r["labels"]) for r in results]), strict=True):
             result["masks"] = masks
         return results
+
+    def _traced_inference(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """:meth:`inference` of the one image an exported graph takes: the same numbers, without the Python counts
+        (boxes per image, detections) that tracing would record as the traced image's constants."""
+        (image_proposals,), (image_shape,) = proposals, image_shapes
+        class_logits, box_deltas = self._box_outputs(features, proposals, image_shapes)
+        boxes = self.box_coder.decode_single(box_deltas.float(), image_proposals.float())
+        result = self._detections_of_image(boxes, F.softmax(class_logits.float(), dim=-1), image_shape)
+        mask_logits = self._mask_logits(features, [result["boxes"]], image_shapes)
+        index = result["labels"][:, None, None, None].expand(-1, 1, *mask_logits.shape[2:])
+        result["masks"] = mask_logits.gather(1, index).float().sigmoid()
+        return [result]
 
     def _detections_of_image(self, boxes: Tensor, scores: Tensor, image_shape: tuple[int, int]) -> dict[str, Tensor]:
         valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)

@@ -15,28 +15,11 @@ from torch import Tensor
 from torchvision.models.detection._utils import _topk_min
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import box_iou, clip_boxes_to_image
 
 from segmentation.model.anchors import D2AnchorGenerator
-
-
-def subsample_labels(
-    positive: Tensor, negative: Tensor, num_samples: int, positive_fraction: float
-) -> tuple[Tensor, Tensor]:
-    """detectron2's ``subsample_labels``: random positives (at most the fraction), then negatives to fill up.
-
-    Args:
-        positive, negative: boolean masks of the candidates.
-    Returns:
-        indices of the sampled positives and negatives, each in random order.
-    """
-    pos = torch.nonzero(positive).squeeze(1)
-    neg = torch.nonzero(negative).squeeze(1)
-    num_pos = min(pos.numel(), int(num_samples * positive_fraction))
-    num_neg = min(neg.numel(), num_samples - num_pos)
-    pos = pos[torch.randperm(pos.numel(), device=pos.device)[:num_pos]]
-    neg = neg[torch.randperm(neg.numel(), device=neg.device)[:num_neg]]
-    return pos, neg
+from segmentation.model.nms import batched_nms
+from segmentation.model.sampling import subsample_labels
 
 
 def rpn_losses(

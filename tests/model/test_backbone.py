@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from segmentation.model.backbone import build_backbone
 from segmentation.model.config import MaskRCNNConfig
+from segmentation.model.mask_rcnn import build_backbone
 
 SMALL = MaskRCNNConfig(depth=50, num_groups=4, width_per_group=4, res2_out_channels=64, fpn_out_channels=16)
 
@@ -60,3 +60,25 @@ def test_basic_block_depths_and_fpn_levels() -> None:
     assert list(out) == ["0", "1", "2", "3", "pool"]
     assert [tuple(v.shape[2:]) for v in out.values()] == [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
     assert not hasattr(backbone.body.layer1[0], "conv3")
+
+
+@pytest.mark.parametrize(("depth", "timm_name"), [(18, "resnet18"), (50, "resnet50")])
+def test_body_publishes_timms_feature_info_for_the_same_resnet(depth: int, timm_name: str) -> None:
+    import timm
+
+    res2 = 64 if depth == 18 else 256
+    body = build_backbone(MaskRCNNConfig(depth=depth, res2_out_channels=res2)).body
+    reference = timm.create_model(timm_name, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
+    keys = ["num_chs", "reduction", "module"]
+    assert body.feature_info.get_dicts(keys) == reference.feature_info.get_dicts(keys)
+
+
+def test_fpn_feature_info_describes_its_outputs() -> None:
+    backbone = build_backbone(SMALL).eval()
+    with torch.no_grad():
+        out = backbone(torch.zeros(1, 3, 128, 192))
+    info = backbone.feature_info
+    assert info.module_name() == list(out)
+    assert info.reduction() == [4, 8, 16, 32, 64]
+    for key, channels, stride in zip(info.module_name(), info.channels(), info.reduction(), strict=True):
+        assert tuple(out[key].shape[1:]) == (channels, 128 // stride, 192 // stride)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from segmentation.model.roi_heads import fastrcnn_loss, mask_targets, maskrcnn_loss
-from segmentation.model.rpn import rpn_losses, subsample_labels
+from segmentation.model.rpn import rpn_losses
+from segmentation.model.sampling import subsample_labels
 
 
 def test_rpn_losses_are_sums_over_sampled_anchors_divided_by_batch_size_times_images() -> None:

@@ -65,6 +65,15 @@ def test_state_dict_names_are_torchvision_mask_rcnn_names(mask_rcnn_names) -> No
     assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
 
 
+def test_anchor_and_pooler_strides_come_from_the_backbone() -> None:
+    model = build_mask_rcnn(TINY)
+    assert model.backbone.feature_info.reduction() == [4, 8, 16, 32, 64]
+    assert model.rpn.anchor_generator.strides == [4, 8, 16, 32, 64]
+    for pooler in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+        assert pooler.featmap_names == ["0", "1", "2", "3"]  # P2..P5, not P6 ("pool")
+        assert pooler.strides == [4, 8, 16, 32]
+
+
 def test_new_layers_get_detectron2_init() -> None:
     model = build_mask_rcnn(MaskRCNNConfig(num_classes=1, box_head_fc_dim=1024, fpn_out_channels=256))
     heads = model.roi_heads

@@ -17,7 +17,7 @@ def test_pooler_is_aligned_with_adaptive_sampling() -> None:
     torch.manual_seed(0)
     features = {name: torch.randn(2, 3, 64 // 2**i, 64 // 2**i) for i, name in enumerate(["0", "1", "2", "3"])}
     boxes = [torch.tensor([[4.3, 5.1, 60.2, 50.7]]), torch.tensor([[1.0, 2.0, 9.5, 7.25]])]
-    pooled = D2MultiScaleRoIAlign(["0", "1", "2", "3"], 7)(features, boxes, [(256, 256)] * 2)
+    pooled = D2MultiScaleRoIAlign(["0", "1", "2", "3"], 7, (4, 8, 16, 32))(features, boxes, [(256, 256)] * 2)
     assert pooled.shape == (2, 3, 7, 7)
     # Box 0 (size ~50) lands on P2 (stride 4), box 1 on P2 as well; compare with a direct ROIAlignV2 call.
     rois = torch.tensor([[0, 4.3, 5.1, 60.2, 50.7], [1, 1.0, 2.0, 9.5, 7.25]])
@@ -35,7 +35,7 @@ def test_bf16_keeps_box_coordinates_in_fp32() -> None:
     features = {name: torch.randn(1, 4, 256 // 2**i, 256 // 2**i).bfloat16() for i, name in enumerate(names)}
     box = torch.tensor([[101.3, 57.7, 501.1, 457.9]])  # sqrt(area) 400: level P4 (stride 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        pooled = D2MultiScaleRoIAlign(names, 7)(features, [box], [(1024, 1024)])
+        pooled = D2MultiScaleRoIAlign(names, 7, (4, 8, 16, 32))(features, [box], [(1024, 1024)])
     rois = torch.cat([torch.zeros(1, 1), box], dim=1)
     fp32_coordinates = roi_align(features["2"].float(), rois, (7, 7), 1 / 16, sampling_ratio=0, aligned=True)
     torch.testing.assert_close(pooled.float(), fp32_coordinates.bfloat16().float(), rtol=0, atol=0)
