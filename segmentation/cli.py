@@ -1,8 +1,10 @@
-"""The command line shared by ``segmentation.fit`` and ``segmentation.evaluate``: LightningCLI with a run directory.
+"""The command line all commands share (fit, evaluate, predict, export, check_data): LightningCLI with a run directory.
 
 Like detectron2's OUTPUT_DIR, ``--output_dir`` holds everything a run writes: the resolved ``config.yaml``,
 ``metrics.json``, the CSV/TensorBoard logs, ``checkpoints/`` and the final model. Everything else is a LightningCLI
-option (``--model.*``, ``--data.*``, ``--trainer.*``) settable from yaml files and overridable on the command line.
+option (``--model.*``, ``--data.*``, ``--trainer.*``) settable from yaml files and overridable on the command line;
+a ``--config`` that is a detectron2 ``config.yaml`` is translated first (``segmentation.detectron2_config``).
+Options only one command has are registered by that command (fit's checkpoints and metrics.json in ``fit.py``).
 """
 
 from __future__ import annotations
