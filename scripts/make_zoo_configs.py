@@ -1,6 +1,6 @@
 """Write ``configs/zoo/<dataset>/<name>.yaml``: our config for each FPN Mask R-CNN of detectron2's model zoo.
 
-Each file is the translation (``segmentation.model.detectron2_config``) of detectron2's fully resolved config of that
+Each file is the translation (``segmentation.detectron2_config``) of detectron2's fully resolved config of that
 model (``../shared/parity/zoo/<dataset>/<name>/config.yaml``), with ``model.weights`` set to the zoo's trained
 weights instead of the ImageNet initialisation the config itself names, so ``--config`` of a zoo file fine-tunes that
 model (add ``--model.arch.num_classes K`` and your data). ``tests/test_zoo.py`` checks the files are up to date.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from segmentation.cli import config_from_detectron2
-from segmentation.model.detectron2_config import from_detectron2_config
+from segmentation.detectron2_config.settings import from_detectron2_config
+from segmentation.detectron2_config.translate import config_from_detectron2
 
 ROOT = Path(__file__).resolve().parents[1]
 

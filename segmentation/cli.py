@@ -1,35 +1,29 @@
-"""The command line shared by ``segmentation.fit`` and ``segmentation.evaluate``: LightningCLI with a run directory.
+"""The command line all commands share (fit, evaluate, predict, export, check_data): LightningCLI with a run directory.
 
 Like detectron2's OUTPUT_DIR, ``--output_dir`` holds everything a run writes: the resolved ``config.yaml``,
 ``metrics.json``, the CSV/TensorBoard logs, ``checkpoints/`` and the final model. Everything else is a LightningCLI
-option (``--model.*``, ``--data.*``, ``--trainer.*``) settable from yaml files and overridable on the command line.
+option (``--model.*``, ``--data.*``, ``--trainer.*``) settable from yaml files and overridable on the command line;
+a ``--config`` that is a detectron2 ``config.yaml`` is translated first (``segmentation.detectron2_config``).
+Options only one command has are registered by that command (fit's checkpoints and metrics.json in ``fit.py``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_warn
 
 from segmentation.checkpoints.io import SafeCheckpointIO
 from segmentation.data.datamodule import CocoDataModule
+from segmentation.detectron2_config.translate import translate_detectron2_configs
 from segmentation.errors import ConfigError
-from segmentation.model.detectron2_config import (
-    Detectron2Settings,
-    UnsupportedConfigError,
-    from_detectron2_config,
-    is_detectron2_config,
-)
 from segmentation.training.csv_logger import ResumableCSVLogger
 from segmentation.training.module import MaskRCNNModule
 
@@ -132,110 +126,6 @@ def usable_precision(precision: Any, accelerator: Any) -> Any:
         rank_zero_warn(f"precision={precision!r} needs a CUDA GPU; running in 32-bit on the CPU instead.")
         return "32-true"
     return precision
-
-
-def translate_detectron2_configs(args: list[str], training: bool = True) -> list[str]:
-    """Replace each ``--config`` that is a detectron2 ``config.yaml`` dump by the equivalent config of ours.
-
-    The translation is handed to the parser as yaml text (nothing is written to disk) and ends up in the run's saved
-    config.yaml, so a detectron2 OUTPUT_DIR can be evaluated or fine-tuned without transcribing its numbers by hand.
-    """
-    translated = list(args)
-    for i, arg in enumerate(translated):
-        if arg in ("--config", "-c") and i + 1 < len(translated):
-            index, path = i + 1, translated[i + 1]
-        elif arg.startswith("--config="):
-            index, path = i, arg.split("=", 1)[1]
-        else:
-            continue
-        if Path(path).is_file() and is_detectron2_config(path):
-            ours = config_from_detectron2(from_detectron2_config(path), training=training)
-            if not any(a.split("=", 1)[0].startswith("--model.optimizer") for a in args):
-                _say_optimizer(ours["model"]["optimizer"]["init_args"])
-            text = yaml.safe_dump(ours, sort_keys=False)  # --config takes yaml text as well as a path: no temp file
-            translated[index] = text if index != i else f"--config={text}"
-    return translated
-
-
-@rank_zero_only
-def _say_optimizer(sgd: dict[str, Any]) -> None:
-    """detectron2's DefaultTrainer builds SGD, and a dump does not name its optimizer: say which one trains."""
-    print(
-        f"detectron2 config: training with detectron2's default optimizer, torch.optim.SGD (momentum "
-        f"{sgd['momentum']}, nesterov {sgd['nesterov']}); choose another with --model.optimizer, e.g. "
-        "--model.optimizer torch.optim.Adam --model.optimizer.lr 1e-4 for the seed recipe's Adam",
-        file=sys.stderr,
-    )
-
-
-def config_from_detectron2(settings: Detectron2Settings, training: bool = True) -> dict[str, Any]:
-    """Our config for a detectron2 run: architecture, input sizes, augmentation, data loading and solver numbers.
-
-    ``training`` adds what only ``segmentation.fit`` has options for: the periodic checkpoint (CHECKPOINT_PERIOD)
-    and detectron2's automatic scaling to the number of processes (REFERENCE_WORLD_SIZE).
-    """
-    if settings.input_format != "BGR":
-        raise UnsupportedConfigError(
-            f"INPUT.FORMAT {settings.input_format!r} is not supported: the model reads BGR images"
-        )
-    arch = json.loads(json.dumps(dataclasses.asdict(settings.model)))  # tuples -> lists for yaml
-    config: dict[str, Any] = {
-        "model": {
-            "arch": arch,
-            "weights": settings.weights or None,
-            "optimizer": {
-                "class_path": "torch.optim.SGD",
-                "init_args": {
-                    "lr": settings.base_lr,
-                    "momentum": settings.momentum,
-                    "nesterov": settings.nesterov,
-                    "weight_decay": settings.weight_decay,
-                },
-            },
-            "bias_lr_factor": settings.bias_lr_factor,
-            "weight_decay_bias": settings.weight_decay_bias,
-            "weight_decay_norm": settings.weight_decay_norm,
-            "schedule": {
-                "name": settings.lr_scheduler_name,
-                "warmup_method": settings.warmup_method,
-                "warmup_iters": settings.warmup_iters,
-                "warmup_factor": settings.warmup_factor,
-                "milestones": list(settings.steps),
-                "gamma": settings.gamma,
-                "base_lr_end": settings.base_lr_end,
-            },
-            "gradient_clipping": settings.clip_gradients,
-        },
-        "data": {
-            "ims_per_batch": settings.ims_per_batch,  # global, as detectron2 means it: divided among processes
-            "num_workers": settings.num_workers,
-            "min_size_train": settings.min_size_train,
-            "max_size_train": settings.max_size_train,
-            "min_size_train_sampling": settings.min_size_train_sampling,
-            "random_flip": settings.random_flip,
-            "crop_type": settings.crop_type,
-            "crop_size": settings.crop_size,
-            "min_size_test": settings.min_size_test,
-            "max_size_test": settings.max_size_test,
-            "filter_empty_annotations": settings.filter_empty_annotations,
-            "aspect_ratio_grouping": settings.aspect_ratio_grouping,
-            "sampler_train": settings.sampler_train,
-            "repeat_threshold": settings.repeat_threshold,
-            "repeat_sqrt": settings.repeat_sqrt,
-        },
-        "trainer": {
-            "max_steps": settings.max_iter,
-            "precision": "16-mixed" if settings.amp_enabled else "32-true",
-            "val_check_interval": settings.eval_period or None,
-        },
-    }
-    if settings.seed >= 0:  # SEED -1 draws a random seed, as Lightning does without seed_everything
-        config["seed_everything"] = settings.seed
-        config["data"]["seed"] = settings.seed
-    if training:
-        config["checkpoint_last"] = {"every_n_train_steps": settings.checkpoint_period}
-        config["reference_world_size"] = settings.reference_world_size
-    return config
 
 
 def config_given(cli: SegmentationCLI) -> bool:

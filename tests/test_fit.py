@@ -1,5 +1,6 @@
 """``python -m segmentation.fit``: one command trains, evaluates val and test, and leaves a resumable run directory."""
 
+import importlib
 import inspect
 import json
 import re
@@ -115,6 +116,38 @@ def test_help_describes_every_data_option(capsys):
     texts = help_texts(capsys.readouterr().out, "data.")
     assert set(texts) == set(inspect.signature(CocoDataModule).parameters)
     assert [name for name, text in texts.items() if not text] == []
+
+
+FIT_ONLY_OPTIONS = {
+    "--ckpt_path", "--reference_world_size", "--metrics_json", "--save_on_interrupt", "--checkpoint_last",
+    "--checkpoint_best",
+}  # fmt: skip
+
+
+def top_level_options(command: str, capsys) -> set[str]:
+    """The options ``python -m <command> --help`` lists in its usage or its option lines, by their first name part
+    (``--checkpoint_last.x`` counts as ``--checkpoint_last``)."""
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(command).main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    names = re.findall(r"\[(--[\w.]+)", out) + re.findall(r"^\s+(--[\w.]+)", out, flags=re.MULTILINE)
+    return {name.split(".", 1)[0] for name in names}
+
+
+def test_fit_registers_the_training_options(capsys):
+    assert FIT_ONLY_OPTIONS <= top_level_options("segmentation.fit", capsys)
+
+
+@pytest.mark.parametrize(
+    "command", ["segmentation.evaluate", "segmentation.export", "segmentation.predict", "segmentation.check_data"]
+)
+def test_other_commands_do_not_list_the_training_options(command, capsys):
+    """Checkpoint callbacks, metrics.json, resuming and world-size scaling mean nothing to a command that does not
+    train: they are fit's options, not the shared CLI's."""
+    options = top_level_options(command, capsys)
+    assert "--data" in options and "--model" in options  # the help was read
+    assert options & FIT_ONLY_OPTIONS == set()
 
 
 RECIPE = "configs/mask_rcnn_X_101_32x8d_FPN_3x.yaml"

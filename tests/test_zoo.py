@@ -11,8 +11,9 @@ import torch
 import yaml
 
 from segmentation.checkpoints.names import detectron2_to_torchvision
+from segmentation.detectron2_config.keys import UnsupportedConfigError
+from segmentation.detectron2_config.settings import from_detectron2_config
 from segmentation.model.config import MaskRCNNConfig
-from segmentation.model.detectron2_config import UnsupportedConfigError, from_detectron2_config
 from segmentation.model.mask_rcnn import build_mask_rcnn
 
 pytestmark = pytest.mark.parity

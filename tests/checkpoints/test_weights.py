@@ -497,7 +497,7 @@ def test_missing_local_file_is_reported(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
 def test_tiny_zoo_pickle_loads_into_our_model(parity_dir: Path, tiny_mapped: dict, norm: str) -> None:
-    from segmentation.model.detectron2_config import from_detectron2_config
+    from segmentation.detectron2_config.settings import from_detectron2_config
     from segmentation.model.mask_rcnn import build_mask_rcnn
 
     cfg = dataclasses.replace(from_detectron2_config(parity_dir / "tiny_lung" / "config.yaml").model, norm=norm)

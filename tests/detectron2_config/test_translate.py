@@ -9,13 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
-from segmentation.cli import config_from_detectron2
+from segmentation.detectron2_config.files import is_detectron2_config
+from segmentation.detectron2_config.keys import UnsupportedConfigError
+from segmentation.detectron2_config.settings import from_detectron2_config
+from segmentation.detectron2_config.translate import config_from_detectron2
 from segmentation.model.config import MaskRCNNConfig
-from segmentation.model.detectron2_config import (
-    UnsupportedConfigError,
-    from_detectron2_config,
-    is_detectron2_config,
-)
 
 
 def load(path: Path) -> dict[str, Any]:
