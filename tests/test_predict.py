@@ -17,6 +17,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from segmentation import predict
+from segmentation.inference import inputs, writer
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
 
@@ -179,12 +180,12 @@ def test_label_map_keeps_the_best_detection_above_the_threshold() -> None:
     masks = torch.zeros((3, 4, 4), dtype=torch.bool)
     masks[0, :2], masks[1, 1:3], masks[2, 3] = True, True, True
     detections = {"masks": masks, "scores": torch.tensor([0.9, 0.95, 0.1]), "labels": torch.tensor([1, 2, 1])}
-    assert predict.label_map(detections, 0.5).tolist() == [[1] * 4, [2] * 4, [2] * 4, [0] * 4]
+    assert writer.label_map(detections, 0.5).tolist() == [[1] * 4, [2] * 4, [2] * 4, [0] * 4]
 
 
 def test_missing_inputs_and_weights_are_errors_without_traceback(tmp_path, capsys) -> None:
     with pytest.raises(FileNotFoundError, match="input not found"):
-        predict.discover_inputs([tmp_path / "nope.png"])
+        inputs.discover_inputs([tmp_path / "nope.png"])
     config, _ = tiny_model_files(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         predict.main(["--config", str(config), "--input", str(tmp_path), "--output_dir", str(tmp_path / "o")])
