@@ -30,6 +30,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 STEP_TOLERANCE_MM, STEP_TOLERANCE_FRACTION = 0.01, 0.01
 ORIENTATION_TOLERANCE = 1e-3
 _HEADER_TAGS = [
+    "SOPClassUID",
     "SeriesInstanceUID",
     "SeriesNumber",
     "SeriesDescription",
@@ -86,18 +87,19 @@ def find_volumes(folder: Path, files: list[Path]) -> tuple[list[DicomVolume], li
     series: dict[str, list[_Slice]] = {}
     labels: dict[str, tuple[int, str]] = {}
     problems: list[str] = []
+    volumes, notes = [], []
     for path in files:
         try:
             header = _read_header(path)
         except InputError as e:
             problems.append(str(e))
             continue
-        if header is None:
-            continue  # not an image (structured report, presentation state, ...)
+        if "Rows" not in header:
+            notes.append(f"{path}: not an image ({header['SOPClassUID'].name}), not predicted")
+            continue
         uid = str(header.get("SeriesInstanceUID", "")) or f"file:{path}"
         series.setdefault(uid, []).append(_slice_of(path, header))
         labels.setdefault(uid, _series_label(header, uid))
-    volumes, notes = [], []
     for uid in sorted(series, key=lambda u: labels[u]):
         name = folder.name if len(series) == 1 else f"{folder.name}_{labels[uid][1]}"
         try:
@@ -126,15 +128,17 @@ def read_dicom_volume(volume: DicomVolume) -> Any:
         raise InputError(f"{volume.folder}: cannot read DICOM volume {volume.name}: {_short_message(e)}") from None
 
 
-def _read_header(path: Path) -> dict[str, Any] | None:
+def _read_header(path: Path) -> dict[str, Any]:
+    """The tags of ``_HEADER_TAGS`` that the file has; a file without Rows must be a non-image object (a report)."""
     import pydicom
 
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     except Exception as e:  # pydicom raises InvalidDicomError, OSError, ValueError, struct.error... on a bad file
         raise InputError(f"{path}: not a readable DICOM file ({type(e).__name__}: {_short_message(e)})") from None
-    if "Rows" not in dataset:
-        return None
+    sop_class = dataset.get("SOPClassUID")
+    if "Rows" not in dataset and (sop_class is None or "Image" in sop_class.name):
+        raise InputError(f"{path}: DICOM file without its image tags (Rows): truncated or damaged")
     return {keyword: dataset.get(keyword) for keyword in _HEADER_TAGS if dataset.get(keyword) is not None}
 
 
