@@ -68,7 +68,13 @@ class PredictCLI(SegmentationCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
-        parser.add_argument("--input", type=str, nargs="+", required=True, help="Images, image folders, volumes.")
+        parser.add_argument(
+            "--input",
+            type=str,
+            nargs="+",
+            required=True,
+            help="Images, image folders, volume files, DICOM files, DICOM series or study folders.",
+        )
         parser.add_argument("--score_threshold", type=float, default=0.5, help="Score to keep in masks/overlays.")
         parser.add_argument("--window_center", type=float, default=LUNG_WINDOW[0], help="HU (volumes, 16-bit images).")
         parser.add_argument("--window_width", type=float, default=LUNG_WINDOW[1], help="HU (volumes, 16-bit images).")

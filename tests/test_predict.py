@@ -207,3 +207,11 @@ def test_two_processes_write_the_single_process_outputs(run, tmp_path) -> None:
     assert [(r["image_id"], r["category_id"]) for r in ours] == [(r["image_id"], r["category_id"]) for r in single]
     assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(ours, single, strict=True))
     assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(p.name for p in (run["out"] / "masks").iterdir())
+
+
+def test_help_needs_no_output_dir_and_lists_the_inputs(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--input" in out and "--output_dir" in out and "DICOM" in out

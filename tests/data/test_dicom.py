@@ -110,3 +110,16 @@ def test_the_plane_name_follows_the_slice_normal(tmp_path) -> None:
     assert dicom._plane(dicom._Slice(tmp_path, np.zeros(3), np.array([0, 1, 0, 0, 0, -1.0]))) == "sagittal"
     oblique = np.array([1, 0, 0, 0, np.cos(0.7), np.sin(0.7)])
     assert dicom._plane(dicom._Slice(tmp_path, np.zeros(3), oblique)) == "oblique"
+
+
+def test_a_multi_frame_file_is_a_volume_of_its_frames_alone_and_in_a_folder(tmp_path) -> None:
+    from dicom_files import ct_slice
+
+    dataset = ct_slice(slices(1)[0], (0.0, 0.0, 5.0), AXIAL, "1.2.3.9")
+    dataset.NumberOfFrames, dataset.PixelData = 3, slices(3).tobytes()
+    (tmp_path / "mf").mkdir()
+    dataset.save_as(tmp_path / "mf" / "enhanced.dcm", enforce_file_format=True)
+    image = volumes.read_volume(tmp_path / "mf" / "enhanced.dcm")
+    assert sitk.GetArrayFromImage(image)[:, 0, 0].tolist() == [0, 100, 200]
+    found, notes, problems = stacks_of(tmp_path / "mf")
+    assert [(v.name, len(v.files)) for v in found] == [("mf", 1)] and notes == problems == []
