@@ -48,6 +48,7 @@ from segmentation.checkpoints.loading import load_for_command
 from segmentation.cli import SegmentationCLI, config_given
 from segmentation.data.images import LUNG_CT, LUNG_WINDOW, CtWindow, window_to_uint8
 from segmentation.data.mapper import resize_shortest_edge
+from segmentation.data.volumes import volume_array
 from segmentation.errors import ConfigError, InputError, user_errors_exit
 from segmentation.inference.inputs import (
     SkippedInputsError,
@@ -139,7 +140,7 @@ def predict(
 
     Args:
         model: the Mask R-CNN, in eval mode and fp32, on the device to use.
-        inputs: image files, image folders, volume files, DICOM series folders.
+        inputs: image files, image folders, volume files, DICOM files, DICOM series and study folders.
         out_dir: output folder (created).
         class_names: one per foreground class (labels 1..K).
         min_size, max_size: detectron2's test-time ResizeShortestEdge sizes.
@@ -149,31 +150,22 @@ def predict(
 
     Returns:
         The path of ``predictions.json``.
+
+    Raises:
+        SkippedInputsError: after everything readable was predicted and written, listing the inputs that were not.
     """
     out_dir = Path(out_dir)
     writer = PredictionWriter(out_dir, class_names, score_threshold)
     found = discover_inputs(inputs)
     rank, world = (dist.get_rank(), dist.get_world_size()) if world_size() > 1 else (0, 1)
-    for message in (found.notes + found.problems) if rank == 0 else []:
+    for message in (found.notes + [f"skipped {problem}" for problem in found.problems]) if rank == 0 else []:
         print(f"warning: {message}", file=sys.stderr, flush=True)
     names = unique_names([source.name for source in found.sources])
     mine = [(i, s, n) for i, (s, n) in enumerate(zip(found.sources, names, strict=True)) if i % world == rank]
     problems: list[str] = []
     images = [(i, s, n) for i, s, n in mine if s.kind == "image"]
     for batch in _batches(images, batch_size):
-        readable = []
-        for index, source, name in batch:
-            try:
-                readable.append((index, source, name, read_image(source, window)))
-            except InputError as e:
-                problems.append(_report(e))
-        if not readable:
-            continue
-        detections_of_batch = predict_images(model, [array for *_, array in readable], min_size, max_size)
-        for (index, source, name, array), detections in zip(readable, detections_of_batch, strict=True):
-            h, w = array.shape[:2]
-            writer.add((index, 0), {"file_name": str(source.path), "height": h, "width": w}, detections)
-            writer.write_image(name, array, detections)
+        _predict_image_batch(model, batch, writer, (min_size, max_size), window, problems)
     for index, source, name in mine:
         if source.kind != "image":
             try:
@@ -186,6 +178,31 @@ def predict(
     if found.problems or problems:
         raise SkippedInputsError(found.problems + problems, out_dir)
     return out_dir / "predictions.json"
+
+
+def _predict_image_batch(
+    model: torch.nn.Module,
+    batch: Sequence[tuple[int, Source, str]],
+    writer: PredictionWriter,
+    sizes: tuple[int, int],
+    window: CtWindow,
+    problems: list[str],
+) -> None:
+    """Read the batch's images (an unreadable one is reported into ``problems``), predict the rest in one pass."""
+    readable = []
+    for index, source, name in batch:
+        try:
+            readable.append((index, source, name, read_image(source, window)))
+        except InputError as e:
+            problems.append(_report(e))
+    if not readable:
+        return
+    for (index, source, name, array), detections in zip(
+        readable, predict_images(model, [array for *_, array in readable], *sizes), strict=True
+    ):
+        h, w = array.shape[:2]
+        writer.add((index, 0), {"file_name": str(source.path), "height": h, "width": w}, detections)
+        writer.write_image(name, array, detections)
 
 
 def _report(error: InputError) -> str:
@@ -206,8 +223,6 @@ def _predict_volume(
     batch_size: int,
 ) -> None:
     """Predict every axial slice of ``image``, with a progress line; write overlays and the mask volume."""
-    from segmentation.data.volumes import volume_array
-
     slices = window_to_uint8(volume_array(image), window.center, window.width)
     labels = np.zeros(slices.shape, dtype=np.uint8)
     depth, h, w = slices.shape
@@ -258,19 +273,21 @@ def _predict_from_cli(cli: PredictCLI) -> None:
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     arch = cli.model.arch if config_given(cli) else None
     model, names = _model_for_runtime(config.runtime, cli.model.hparams.weights, arch, device)
-    path = predict(
-        model,
-        config.input,
-        config.output_dir,
-        class_names=names,
-        min_size=cli.datamodule.min_size_test,
-        max_size=cli.datamodule.max_size_test,
-        score_threshold=config.score_threshold,
-        window=CtWindow(config.window_center, config.window_width, config.intensity_offset),
-        batch_size=config.batch_size,
-    )
-    if world_size() > 1:
-        dist.destroy_process_group()
+    try:
+        path = predict(
+            model,
+            config.input,
+            config.output_dir,
+            class_names=names,
+            min_size=cli.datamodule.min_size_test,
+            max_size=cli.datamodule.max_size_test,
+            score_threshold=config.score_threshold,
+            window=CtWindow(config.window_center, config.window_width, config.intensity_offset),
+            batch_size=config.batch_size,
+        )
+    finally:  # also when inputs were skipped: every process leaves the group before exiting
+        if world_size() > 1:
+            dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"Wrote {path} and the masks and overlays beside it", flush=True)
 
