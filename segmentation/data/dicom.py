@@ -194,28 +194,23 @@ def _stacks(slices: list[_Slice], name: str, where: str) -> tuple[list[tuple[str
 
 
 def _runs(group: list[_Slice], where: str) -> tuple[list[list[_Slice]], list[str]]:
-    """Sort one orientation's slices along its normal and cut them wherever the step changes."""
+    """Sort one orientation's slices along its normal and cut them wherever the step changes.
+
+    A stack's step is set by its first two slices, unless the step after them differs: then the first slice stands
+    alone (``0, 5, 7.5, 10`` mm -> ``[0]``, ``[5, 7.5, 10]``: the slice at 2.5 mm is the one missing).
+    """
     orientation = group[0].orientation
     normal = np.cross(orientation[:3], orientation[3:])
     ordered = sorted(group, key=lambda s: float(s.position @ normal))
+    steps = [_step_along(a, b, normal, where) for a, b in zip(ordered, ordered[1:], strict=False)]
     runs, gaps, step = [[ordered[0]]], [], None
-    for previous, current in zip(ordered, ordered[1:], strict=False):
-        delta = current.position - previous.position
-        along = float(delta @ normal)
-        tolerance = max(STEP_TOLERANCE_MM, STEP_TOLERANCE_FRACTION * abs(along))
-        if along < tolerance:
-            raise InputError(
-                f"{where}: {previous.path.name} and {current.path.name} are at the same position "
-                f"{_mm(previous.position)}: cannot stack them into one volume"
-            )
-        if np.linalg.norm(delta - along * normal) > tolerance:
-            raise InputError(
-                f"{where}: slices are not stacked along their normal (gantry tilt?) between "
-                f"{previous.path.name} and {current.path.name}: refused, no true volume geometry"
-            )
-        if step is not None and abs(along - step) > max(STEP_TOLERANCE_MM, STEP_TOLERANCE_FRACTION * step):
+    for k, along in enumerate(steps):
+        previous, current = ordered[k], ordered[k + 1]
+        starts_run = step is None and k + 1 < len(steps) and not _same_step(along, steps[k + 1])
+        if starts_run or (step is not None and not _same_step(along, step)):
             gaps.append(
-                f"step {along:g} mm instead of {step:g} mm between {_mm(previous.position)} and {_mm(current.position)}"
+                f"step {along:g} mm instead of {step or steps[k + 1]:g} mm between {_mm(previous.position)} and "
+                f"{_mm(current.position)}"
             )
             runs.append([current])
             step = None
@@ -223,6 +218,28 @@ def _runs(group: list[_Slice], where: str) -> tuple[list[list[_Slice]], list[str
         runs[-1].append(current)
         step = along if step is None else step
     return runs, gaps
+
+
+def _step_along(previous: _Slice, current: _Slice, normal: np.ndarray, where: str) -> float:
+    """The distance between two consecutive slices along the normal; refused if zero or off the normal."""
+    delta = current.position - previous.position
+    along = float(delta @ normal)
+    tolerance = max(STEP_TOLERANCE_MM, STEP_TOLERANCE_FRACTION * abs(along))
+    if along < tolerance:
+        raise InputError(
+            f"{where}: {previous.path.name} and {current.path.name} are at the same position "
+            f"{_mm(previous.position)}: cannot stack them into one volume"
+        )
+    if np.linalg.norm(delta - along * normal) > tolerance:
+        raise InputError(
+            f"{where}: slices are not stacked along their normal (gantry tilt?) between "
+            f"{previous.path.name} and {current.path.name}: refused, no true volume geometry"
+        )
+    return along
+
+
+def _same_step(a: float, b: float) -> bool:
+    return abs(a - b) <= max(STEP_TOLERANCE_MM, STEP_TOLERANCE_FRACTION * min(a, b))
 
 
 def _plane(s: _Slice) -> str:

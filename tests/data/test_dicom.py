@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk  # the volumes extra, part of dev
-from dicom_files import AXIAL, CORONAL, write_series
+from dicom_files import AXIAL, CORONAL, ct_slice, write_series
 
 from segmentation.data import dicom, volumes
 from segmentation.errors import InputError, UserError
@@ -42,6 +42,24 @@ def test_a_gap_cuts_the_series_into_stacks_each_with_its_true_spacing(tmp_path) 
     assert second.GetSize()[2] == 2 and second.GetOrigin()[2] == pytest.approx(10.0)
     assert second.GetSpacing()[2] == pytest.approx(2.5)
     assert sitk.GetArrayFromImage(second)[:, 0, 0].tolist() == [300, 400]
+
+
+def test_after_a_missing_second_slice_the_first_stands_alone(tmp_path) -> None:
+    write_series(tmp_path / "gap", slices(4), [0.0, 5.0, 7.5, 10.0])
+    found, notes, _ = stacks_of(tmp_path / "gap")
+    assert [len(v.files) for v in found] == [1, 3] and "step 5 mm instead of 2.5 mm" in notes[0]
+    assert dicom.read_dicom_volume(found[1]).GetOrigin()[2] == pytest.approx(5.0)
+
+
+def test_a_stack_sheared_off_its_normal_is_refused(tmp_path) -> None:
+    """Gantry tilt: each slice shifted in y as z grows; stacking along z would move every slice but the first."""
+    (tmp_path / "tilt").mkdir()
+    for k in range(3):
+        ct_slice(slices(1)[0], (0.0, 0.5 * k, 2.0 * k), AXIAL, "1.2.3.5").save_as(
+            tmp_path / "tilt" / f"{k}.dcm", enforce_file_format=True
+        )
+    found, _, problems = stacks_of(tmp_path / "tilt")
+    assert found == [] and "not stacked along their normal (gantry tilt?)" in problems[0] and "1.2.3.5" in problems[0]
 
 
 def test_two_orientations_in_one_series_are_two_volumes(tmp_path) -> None:
@@ -113,8 +131,6 @@ def test_the_plane_name_follows_the_slice_normal(tmp_path) -> None:
 
 
 def test_a_multi_frame_file_is_a_volume_of_its_frames_alone_and_in_a_folder(tmp_path) -> None:
-    from dicom_files import ct_slice
-
     dataset = ct_slice(slices(1)[0], (0.0, 0.0, 5.0), AXIAL, "1.2.3.9")
     dataset.NumberOfFrames, dataset.PixelData = 3, slices(3).tobytes()
     (tmp_path / "mf").mkdir()
