@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel
@@ -120,3 +123,21 @@ def test_progress_reports_rate_and_eta_at_most_once_per_interval() -> None:
         "scan: 200/300 slices, 10.0 slices/s, ETA 0:00:10",
         "scan: 300/300 slices, 10.0 slices/s, ETA 0:00:00",
     ]
+
+
+def test_two_processes_report_an_unreadable_input_once_written_and_exit_2(run, tmp_path) -> None:
+    """Each process reads its share; the problem met by rank 1 is in every process's summary, and the run fails."""
+    root, out = run["root"], tmp_path / "ddp"
+    pngs = root / "pngs"
+    inputs = [pngs / "good.png", pngs, root / "with_preview"]  # every 2nd of: good, broken, good, preview, series
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "segmentation.predict", "--config", str(root / "tiny.yaml"), "--model.weights",
+               str(root / "tiny.pth"), "--output_dir", str(out), "--device", "cpu", "--score_threshold", "0.0",
+               "--input", *map(str, inputs)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert done.stderr.count(f"warning: skipped {pngs / 'broken.png'}") == 1  # read by rank 1 only
+    summary = f"error: 1 input(s) could not be read and were skipped (the others are written to {out}):\n  {pngs}"
+    assert done.stderr.count(summary) == 2
+    listed = [Path(i["file_name"]).name for i in json.loads((out / "images.json").read_text())["images"]]
+    assert listed == ["good.png", "good.png", "preview.jpg", "with_preview", "with_preview", "with_preview"]
