@@ -134,7 +134,9 @@ def test_two_processes_report_an_unreadable_input_once_written_and_exit_2(run, t
                "-m", "segmentation.predict", "--config", str(root / "tiny.yaml"), "--model.weights",
                str(root / "tiny.pth"), "--output_dir", str(out), "--device", "cpu", "--score_threshold", "0.0",
                "--input", *map(str, inputs)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        command, capture_output=True, encoding="utf-8", errors="replace", env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode != 0
     assert done.stderr.count(f"warning: skipped {pngs / 'broken.png'}") == 1  # read by rank 1 only
     summary = f"error: 1 input(s) could not be read and were skipped (the others are written to {out}):\n  {pngs}"
