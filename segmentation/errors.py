@@ -24,6 +24,10 @@ class MissingFileError(UserError, FileNotFoundError):
     """A file or folder named on the command line or in a config does not exist."""
 
 
+class InputError(UserError, ValueError):
+    """An input file that cannot be read as what it is meant to be (corrupt image, 4-D volume, broken DICOM series)."""
+
+
 @contextmanager
 def user_errors_exit() -> Iterator[None]:
     """Turn a :class:`UserError` into ``error: <message>`` on stderr and exit status 2."""

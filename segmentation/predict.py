@@ -8,8 +8,12 @@ weights as ``segmentation.evaluate`` and plain inputs:
 
 ``C`` is one of our configs or a detectron2 ``config.yaml`` dump, parsed by the same ``SegmentationCLI`` as
 training, so the model is built one way only; ``W`` is anything ``load_weights`` loads. ``PATH`` is an image, a
-folder of images, a volume file (``.mhd``, ``.mha``, ``.nii``, ``.nii.gz``, ``.nrrd``) or a folder holding one
-DICOM series (volumes need SimpleITK: the ``volumes`` extra). Inference is detectron2's test-time path: fp32, eval
+folder of images, a volume file (``.mhd``, ``.mha``, ``.nii``, ``.nii.gz`` incl. NIfTI-2, ``.nrrd``, ``.mgz``), a
+DICOM file, or a folder holding DICOM series (a series folder, a study folder); ``segmentation.inference.inputs``
+says how each is read and named (volumes need the ``volumes`` extra). A DICOM series with a gap or a second
+orientation is predicted as separate stacks, each with its true geometry, never stacked with a made-up spacing.
+An input that cannot be read is reported and skipped; everything else is written, then the command exits with
+status 2. Inference is detectron2's test-time path: fp32, eval
 mode, each image resized by ``ResizeShortestEdge(min_size_test, max_size_test)`` of the config's ``data`` section,
 detections rescaled to the original size. Volume slices are windowed to uint8 (lung window by default) and
 predicted in batches. Outputs (see ``docs/predict.md``):
@@ -22,6 +26,8 @@ predicted in batches. Outputs (see ``docs/predict.md``):
   NIfTI inputs keep their format): uint8 class-label maps (0 background, k = class k) of the detections scoring
   ``>= score_threshold``; where instances overlap the higher score wins;
 * ``O/overlays/<name>.png`` or ``O/overlays/<volume>/<slice>.png``: those detections drawn on the image.
+
+Volumes print a progress line (slices done, rate, ETA) on stderr.
 """
 
 from __future__ import annotations
@@ -29,30 +35,33 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from pytorch_lightning.cli import LightningArgumentParser
 from torch import Tensor
 
 from segmentation.checkpoints.loading import load_for_command
 from segmentation.cli import SegmentationCLI, config_given
-from segmentation.data import volumes
-from segmentation.data.images import LUNG_CT, LUNG_WINDOW, CtWindow, read_image_bgr, window_to_uint8
+from segmentation.data.images import LUNG_CT, LUNG_WINDOW, CtWindow, window_to_uint8
 from segmentation.data.mapper import resize_shortest_edge
-from segmentation.data.rle import write_json_atomic
-from segmentation.errors import ConfigError, MissingFileError, user_errors_exit
-from segmentation.evaluation.results import detections_to_coco_results
+from segmentation.data.volumes import volume_array
+from segmentation.errors import ConfigError, InputError, user_errors_exit
+from segmentation.inference.inputs import (
+    SkippedInputsError,
+    Source,
+    discover_inputs,
+    read_image,
+    read_volume,
+    unique_names,
+)
+from segmentation.inference.progress import SliceProgress
 from segmentation.inference.runtimes import RUNTIMES, RuntimeModel, check_runtime
+from segmentation.inference.writer import PredictionWriter, label_map, world_size
 from segmentation.model.config import MaskRCNNConfig
-from segmentation.visualize import draw_overlay
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class PredictCLI(SegmentationCLI):
@@ -60,7 +69,13 @@ class PredictCLI(SegmentationCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
-        parser.add_argument("--input", type=str, nargs="+", required=True, help="Images, image folders, volumes.")
+        parser.add_argument(
+            "--input",
+            type=str,
+            nargs="+",
+            required=True,
+            help="Images, image folders, volume files, DICOM files, DICOM series or study folders.",
+        )
         parser.add_argument("--score_threshold", type=float, default=0.5, help="Score to keep in masks/overlays.")
         parser.add_argument("--window_center", type=float, default=LUNG_WINDOW[0], help="HU (volumes, 16-bit images).")
         parser.add_argument("--window_width", type=float, default=LUNG_WINDOW[1], help="HU (volumes, 16-bit images).")
@@ -77,32 +92,6 @@ class PredictCLI(SegmentationCLI):
             help="torch, or onnxruntime/openvino on CPU (graph exported on first use and cached; "
             "--model.weights may then be a .onnx graph).",
         )
-
-
-@dataclass(frozen=True)
-class Source:
-    """One input: an image file, or a volume (file or DICOM folder)."""
-
-    kind: str  # "image" or "volume"
-    path: Path
-
-
-def discover_inputs(paths: Sequence[str | Path]) -> list[Source]:
-    """Expand the command line's paths: folders of images to their images (sorted), the rest as given.
-
-    A folder without image files is read as a DICOM series; a file with a volume extension is a volume.
-    """
-    sources = []
-    for given in paths:
-        path = Path(given)
-        if not path.exists():
-            raise MissingFileError(f"input not found: {path}")
-        if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            sources += [Source("image", p) for p in images] if images else [Source("volume", path)]
-        else:
-            sources.append(Source("volume" if volumes.has_volume_suffix(path) else "image", path))
-    return sources
 
 
 def predict_images(
@@ -127,80 +116,9 @@ def predict_images(
     return [{name: value.cpu() for name, value in out.items()} for out in outputs]
 
 
-def label_map(detections: dict[str, Tensor], score_threshold: float) -> np.ndarray:
-    """uint8 ``(H, W)``: the label of the highest-scoring detection ``>= score_threshold`` covering each pixel."""
-    masks = detections["masks"]
-    out = np.zeros(masks.shape[1:], dtype=np.uint8)
-    scores = detections["scores"].numpy()
-    for i in np.argsort(scores, kind="stable"):  # ascending: higher scores overwrite
-        if scores[i] >= score_threshold:
-            out[masks[i].numpy()] = int(detections["labels"][i])
-    return out
-
-
-def overlay(
-    image_gray_or_rgb: np.ndarray, detections: dict[str, Tensor], threshold: float, names: list[str]
-) -> Image.Image:
-    """The detections scoring ``>= threshold`` drawn on the image."""
-    keep = detections["scores"] >= threshold
-    kept = {name: value[keep].numpy() for name, value in detections.items()}
-    return draw_overlay(image_gray_or_rgb, kept["boxes"], kept["scores"], kept["labels"], kept["masks"], names)
-
-
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-class _Writer:
-    """Collects the json records of this process and writes the per-image files under the output folder.
-
-    Records are keyed by ``(input index, slice)``; ``finish`` gathers every process's records on rank 0 and numbers
-    the images in input order, so N processes write the same ``predictions.json`` as one.
-    """
-
-    def __init__(self, out_dir: Path, names: list[str], threshold: float) -> None:
-        self.out_dir = out_dir
-        self.names = names
-        self.threshold = threshold
-        self.entries: list[tuple[tuple[int, int], dict, list[dict]]] = []
-
-    def add(self, key: tuple[int, int], record: dict, detections: dict[str, Tensor]) -> None:
-        labels = {k: k for k in range(1, len(self.names) + 1)}
-        self.entries.append((key, record, detections_to_coco_results(0, detections, labels)))
-
-    def finish(self) -> None:
-        entries = self.entries
-        if _world_size() > 1:
-            gathered: list[list | None] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, entries)
-            if dist.get_rank() != 0:
-                return
-            entries = [entry for rank_entries in gathered for entry in rank_entries or []]
-        images, results = [], []
-        for image_id, (_, record, image_results) in enumerate(sorted(entries, key=lambda e: e[0]), start=1):
-            images.append({"id": image_id, **record})
-            results += [{**result, "image_id": image_id} for result in image_results]
-        write_json_atomic(self.out_dir / "predictions.json", results)
-        categories = [{"id": k, "name": name} for k, name in enumerate(self.names, start=1)]
-        write_json_atomic(self.out_dir / "images.json", {"images": images, "annotations": [], "categories": categories})
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def unique_names(names: Sequence[str]) -> list[str]:
-    """File-name stems for the outputs: duplicates get ``_1``, ``_2``... in input order."""
-    used: set[str] = set()
-    out = []
-    for name in names:
-        candidate, k = name, 1
-        while candidate in used:
-            candidate, k = f"{name}_{k}", k + 1
-        used.add(candidate)
-        out.append(candidate)
-    return out
 
 
 def predict(
@@ -222,7 +140,7 @@ def predict(
 
     Args:
         model: the Mask R-CNN, in eval mode and fp32, on the device to use.
-        inputs: image files, image folders, volume files, DICOM series folders.
+        inputs: image files, image folders, volume files, DICOM files, DICOM series and study folders.
         out_dir: output folder (created).
         class_names: one per foreground class (labels 1..K).
         min_size, max_size: detectron2's test-time ResizeShortestEdge sizes.
@@ -232,62 +150,94 @@ def predict(
 
     Returns:
         The path of ``predictions.json``.
+
+    Raises:
+        SkippedInputsError: after everything readable was predicted and written, listing the inputs that were not.
     """
     out_dir = Path(out_dir)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    writer = _Writer(out_dir, class_names, score_threshold)
-    sources = discover_inputs(inputs)
-    names = unique_names([s.path.stem if s.kind == "image" else volumes.volume_name(s.path) for s in sources])
-    rank, world = (dist.get_rank(), dist.get_world_size()) if _world_size() > 1 else (0, 1)
-    mine = [(i, s, n) for i, (s, n) in enumerate(zip(sources, names, strict=True)) if i % world == rank]
-    images = [(i, s.path, n) for i, s, n in mine if s.kind == "image"]
+    writer = PredictionWriter(out_dir, class_names, score_threshold)
+    found = discover_inputs(inputs)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if world_size() > 1 else (0, 1)
+    for message in (found.notes + [f"skipped {problem}" for problem in found.problems]) if rank == 0 else []:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+    names = unique_names([source.name for source in found.sources])
+    mine = [(i, s, n) for i, (s, n) in enumerate(zip(found.sources, names, strict=True)) if i % world == rank]
+    problems: list[str] = []
+    images = [(i, s, n) for i, s, n in mine if s.kind == "image"]
     for batch in _batches(images, batch_size):
-        arrays = [read_image_bgr(str(path), window) for _, path, _ in batch]
-        detections_of_batch = predict_images(model, arrays, min_size, max_size)
-        for (index, path, name), array, detections in zip(batch, arrays, detections_of_batch, strict=True):
-            h, w = array.shape[:2]
-            writer.add((index, 0), {"file_name": str(path), "height": h, "width": w}, detections)
-            Image.fromarray(label_map(detections, score_threshold)).save(out_dir / "masks" / f"{name}.png")
-            picture = overlay(np.ascontiguousarray(array[:, :, ::-1]), detections, score_threshold, class_names)
-            picture.save(out_dir / "overlays" / f"{name}.png")
+        _predict_image_batch(model, batch, writer, (min_size, max_size), window, problems)
     for index, source, name in mine:
-        if source.kind == "volume":
-            _predict_volume(model, index, source.path, name, writer, min_size, max_size, window, batch_size)
-    writer.finish()
+        if source.kind != "image":
+            try:
+                volume = read_volume(source)
+            except InputError as e:
+                problems.append(_report(e))
+                continue
+            _predict_volume(model, index, source, name, volume, writer, (min_size, max_size), window, batch_size)
+    problems = writer.finish(problems)
+    if found.problems or problems:
+        raise SkippedInputsError(found.problems + problems, out_dir)
     return out_dir / "predictions.json"
+
+
+def _predict_image_batch(
+    model: torch.nn.Module,
+    batch: Sequence[tuple[int, Source, str]],
+    writer: PredictionWriter,
+    sizes: tuple[int, int],
+    window: CtWindow,
+    problems: list[str],
+) -> None:
+    """Read the batch's images (an unreadable one is reported into ``problems``), predict the rest in one pass."""
+    readable = []
+    for index, source, name in batch:
+        try:
+            readable.append((index, source, name, read_image(source, window)))
+        except InputError as e:
+            problems.append(_report(e))
+    if not readable:
+        return
+    for (index, source, name, array), detections in zip(
+        readable, predict_images(model, [array for *_, array in readable], *sizes), strict=True
+    ):
+        h, w = array.shape[:2]
+        writer.add((index, 0), {"file_name": str(source.path), "height": h, "width": w}, detections)
+        writer.write_image(name, array, detections)
+
+
+def _report(error: InputError) -> str:
+    """Print an unreadable input at once (the run goes on) and return its line for the final summary."""
+    print(f"warning: skipped {error}", file=sys.stderr, flush=True)
+    return str(error)
 
 
 def _predict_volume(
     model: torch.nn.Module,
     index: int,
-    path: Path,
+    source: Source,
     name: str,
-    writer: _Writer,
-    min_size: int,
-    max_size: int,
+    image: Any,
+    writer: PredictionWriter,
+    sizes: tuple[int, int],
     window: CtWindow,
     batch_size: int,
 ) -> None:
-    image = volumes.read_volume(path)
-    slices = window_to_uint8(volumes.volume_array(image), window.center, window.width)
+    """Predict every axial slice of ``image``, with a progress line; write overlays and the mask volume."""
+    slices = window_to_uint8(volume_array(image), window.center, window.width)
     labels = np.zeros(slices.shape, dtype=np.uint8)
-    overlay_dir = writer.out_dir / "overlays" / name
-    overlay_dir.mkdir(parents=True, exist_ok=True)
     depth, h, w = slices.shape
+    record = {"file_name": str(source.path), "height": h, "width": w}
+    if source.stack is not None:
+        record["series_instance_uid"] = source.stack.series_uid
+    progress = SliceProgress(name, depth)
     for batch in _batches(range(depth), batch_size):
         bgr = [np.repeat(slices[z][:, :, None], 3, axis=2) for z in batch]
-        for z, detections in zip(batch, predict_images(model, bgr, min_size, max_size), strict=True):
-            writer.add((index, z), {"file_name": str(path), "height": h, "width": w, "slice": z}, detections)
+        for z, detections in zip(batch, predict_images(model, bgr, *sizes), strict=True):
+            writer.add((index, z), {**record, "slice": z}, detections)
             labels[z] = label_map(detections, writer.threshold)
-            picture = overlay(slices[z], detections, writer.threshold, writer.names)
-            picture.save(overlay_dir / f"{z:04d}.png")
-    volumes.write_label_volume(labels, image, volumes.mask_volume_path(writer.out_dir / "masks", f"{name}{_ext(path)}"))
-
-
-def _ext(path: Path) -> str:
-    """The volume extension of ``path`` (``.nii.gz``, ``.mhd``, ...), empty for a DICOM folder."""
-    return Path(path).name[len(volumes.volume_name(path)) :]
+            writer.write_slice_overlay(name, z, slices[z], detections)
+        progress.update(batch[-1] + 1)
+    writer.write_mask_volume(name, labels, image, source.path)
 
 
 def _model_for_runtime(
@@ -323,19 +273,21 @@ def _predict_from_cli(cli: PredictCLI) -> None:
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     arch = cli.model.arch if config_given(cli) else None
     model, names = _model_for_runtime(config.runtime, cli.model.hparams.weights, arch, device)
-    path = predict(
-        model,
-        config.input,
-        config.output_dir,
-        class_names=names,
-        min_size=cli.datamodule.min_size_test,
-        max_size=cli.datamodule.max_size_test,
-        score_threshold=config.score_threshold,
-        window=CtWindow(config.window_center, config.window_width, config.intensity_offset),
-        batch_size=config.batch_size,
-    )
-    if _world_size() > 1:
-        dist.destroy_process_group()
+    try:
+        path = predict(
+            model,
+            config.input,
+            config.output_dir,
+            class_names=names,
+            min_size=cli.datamodule.min_size_test,
+            max_size=cli.datamodule.max_size_test,
+            score_threshold=config.score_threshold,
+            window=CtWindow(config.window_center, config.window_width, config.intensity_offset),
+            batch_size=config.batch_size,
+        )
+    finally:  # also when inputs were skipped: every process leaves the group before exiting
+        if world_size() > 1:
+            dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"Wrote {path} and the masks and overlays beside it", flush=True)
 

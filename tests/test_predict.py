@@ -18,6 +18,7 @@ from pycocotools.coco import COCO
 from tiny_model import tiny_arch
 
 from segmentation import predict
+from segmentation.inference import inputs, writer
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.model.mask_rcnn import build_mask_rcnn
 
@@ -168,12 +169,12 @@ def test_label_map_keeps_the_best_detection_above_the_threshold() -> None:
     masks = torch.zeros((3, 4, 4), dtype=torch.bool)
     masks[0, :2], masks[1, 1:3], masks[2, 3] = True, True, True
     detections = {"masks": masks, "scores": torch.tensor([0.9, 0.95, 0.1]), "labels": torch.tensor([1, 2, 1])}
-    assert predict.label_map(detections, 0.5).tolist() == [[1] * 4, [2] * 4, [2] * 4, [0] * 4]
+    assert writer.label_map(detections, 0.5).tolist() == [[1] * 4, [2] * 4, [2] * 4, [0] * 4]
 
 
 def test_missing_inputs_and_weights_are_errors_without_traceback(tmp_path, capsys) -> None:
     with pytest.raises(FileNotFoundError, match="input not found"):
-        predict.discover_inputs([tmp_path / "nope.png"])
+        inputs.discover_inputs([tmp_path / "nope.png"])
     config, _ = tiny_model_files(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         predict.main(["--config", str(config), "--input", str(tmp_path), "--output_dir", str(tmp_path / "o")])
@@ -195,3 +196,11 @@ def test_two_processes_write_the_single_process_outputs(run, tmp_path) -> None:
     assert [(r["image_id"], r["category_id"]) for r in ours] == [(r["image_id"], r["category_id"]) for r in single]
     assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(ours, single, strict=True))
     assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(p.name for p in (run["out"] / "masks").iterdir())
+
+
+def test_help_needs_no_output_dir_and_lists_the_inputs(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--input" in out and "--output_dir" in out and "DICOM" in out

@@ -1,13 +1,16 @@
-"""CT volumes in and out: SimpleITK readers and writers, and the HU window that turns a slice into an image.
+"""CT volumes in and out: SimpleITK (and nibabel) readers, the mask-volume writer.
 
-Why this exists: users hold CT scans as volumes (MetaImage ``.mhd``/``.raw``, NIfTI ``.nii``/``.nii.gz``, a folder
-holding a DICOM series), while the model reads 8-bit images. Everything that turns a volume into model input
-(``segmentation.predict`` now, a volumes-to-COCO converter later) must cut slices the same way and window them with
-the same arithmetic, or a model trained on converted slices would see different pixels at inference; so the
-readers and the window live here, once. Mask volumes are written back with the input's spacing, origin and
-direction, so they overlay the scan in any viewer.
+Why this exists: users hold CT scans as volumes (MetaImage ``.mhd``/``.raw``, NIfTI ``.nii``/``.nii.gz``, FreeSurfer
+``.mgz``, a DICOM file or a folder holding a DICOM series), while the model reads 8-bit images. Everything that turns a
+volume into model input (``segmentation.predict`` now, a volumes-to-COCO converter later) must cut slices the same way
+and window them with the same arithmetic, or a model trained on converted slices would see different pixels at
+inference; so the readers and the window live here, once. Mask volumes are written back with the input's spacing, origin
+and direction, so they overlay the scan in any viewer.
 
-SimpleITK is an optional dependency (the ``volumes`` extra); it is imported only when a volume is read or written.
+SimpleITK is an optional dependency (the ``volumes`` extra); it is imported only when a volume is read or written. Files
+SimpleITK cannot read (NIfTI-2, ``.mgz``/``.mgh``) are read with nibabel (same extra) and converted to a
+``SimpleITK.Image`` with the same geometry (nibabel's RAS affine turned into ITK's LPS), so everything downstream sees
+one type. DICOM folders go through ``data.dicom``, which refuses to stack a series with a made-up spacing.
 
 Slices are axial planes ``array[z]`` of SimpleITK's ``(z, y, x)`` array: rows are ``y``, columns ``x``.
 """
@@ -19,7 +22,11 @@ from typing import Any
 
 import numpy as np
 
-VOLUME_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr")
+from segmentation.errors import InputError
+
+VOLUME_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mgz", ".mgh", ".dcm")
+# RAS (nibabel) to LPS (ITK): flip the first two patient axes.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def sitk() -> Any:
@@ -48,30 +55,68 @@ def volume_name(path: str | Path) -> str:
 
 
 def read_volume(path: str | Path) -> Any:
-    """Read a 3-D scalar volume: a volume file, or a folder with exactly one DICOM series (sorted by position).
+    """Read a 3-D scalar volume: a volume file, a DICOM file, or a folder holding one consistent DICOM series.
 
     Returns:
         The ``SimpleITK.Image`` (voxel values as stored, e.g. HU for CT after DICOM rescaling).
 
     Raises:
-        ValueError: a folder without a DICOM series or with several, or an image that is not 3-D scalar.
+        InputError: a file neither SimpleITK nor nibabel reads, an image that is not 3-D scalar (4-D NIfTI, RGB), a
+            folder without a DICOM series, with several, or whose series is not one volume (gaps, orientations).
     """
-    lib = sitk()
     path = Path(path)
-    if path.is_dir():
-        series = lib.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-        if len(series) != 1:
-            raise ValueError(f"{path}: expected one DICOM series in the folder, found {len(series)}")
-        reader = lib.ImageSeriesReader()
-        reader.SetFileNames(lib.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
-        image = reader.Execute()
-    else:
-        image = lib.ReadImage(str(path))
+    image = _read_dicom_folder(path) if path.is_dir() else _read_volume_file(path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(
+        raise InputError(
             f"{path}: expected a 3-D scalar volume, got {image.GetDimension()}-D of size {image.GetSize()} "
             f"with {image.GetNumberOfComponentsPerPixel()} component(s) per voxel"
         )
+    return image
+
+
+def _read_dicom_folder(path: Path) -> Any:
+    from segmentation.data import dicom
+
+    found, notes, problems = dicom.find_volumes(path, dicom.dicom_files(path))
+    if problems or len(found) != 1:
+        detail = "; ".join(problems + notes) or f"found {len({v.series_uid for v in found})}"
+        raise InputError(f"{path}: expected one DICOM series in the folder that stacks into one volume: {detail}")
+    return dicom.read_dicom_volume(found[0])
+
+
+def _read_volume_file(path: Path) -> Any:
+    """SimpleITK first (it keeps every format's own geometry conventions), nibabel for what it cannot read."""
+    lib = sitk()
+    try:
+        return lib.ReadImage(str(path))
+    except RuntimeError as sitk_error:
+        try:
+            return _read_with_nibabel(path)
+        except (ImportError, InputError):
+            raise
+        except Exception as nib_error:  # nibabel's ImageFileError, OSError, ValueError...
+            reason = str(sitk_error).strip().splitlines()[-1]
+            raise InputError(f"{path}: neither SimpleITK ({reason}) nor nibabel ({nib_error}) can read it") from None
+
+
+def _read_with_nibabel(path: Path) -> Any:
+    """A NIfTI-2 / MGH file as a ``SimpleITK.Image``: voxels ``(i, j, k)`` -> array ``(k, j, i)``, LPS geometry."""
+    import nibabel
+
+    volume = nibabel.load(str(path))
+    shape = tuple(volume.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise InputError(f"{path}: expected a 3-D scalar volume, got {len(shape)}-D of shape {tuple(volume.shape)}")
+    data = np.asarray(volume.dataobj).reshape(shape)
+    data = data.astype(data.dtype.newbyteorder("="), copy=False)  # MGH stores big-endian; ITK takes native order
+    affine = _RAS_TO_LPS @ volume.affine
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    image = sitk().GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+    image.SetSpacing([float(v) for v in spacing])
+    image.SetOrigin([float(v) for v in affine[:3, 3]])
+    image.SetDirection([float(v) for v in (affine[:3, :3] / spacing).ravel()])
     return image
 
 

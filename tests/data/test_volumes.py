@@ -10,6 +10,7 @@ import SimpleITK as sitk  # the volumes extra, part of dev
 
 from segmentation.data import volumes
 from segmentation.data.images import window_to_uint8
+from segmentation.errors import InputError, UserError
 
 
 def make_volume(values: np.ndarray) -> sitk.Image:
@@ -87,5 +88,56 @@ def test_a_4d_nifti_is_refused_naming_file_and_shape(tmp_path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4, 5), dtype=np.int16), isVector=False), str(path))
     with pytest.raises(
         ValueError, match=r"fmri\.nii\.gz: expected a 3-D scalar volume, got 4-D of size \(5, 4, 3, 2\)"
+    ) as info:
+        volumes.read_volume(path)
+    assert isinstance(info.value, UserError)  # the command prints it in one line and exits 2
+
+
+def nifti1_through_simpleitk(tmp_path, values: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """What SimpleITK makes of the same voxels and affine in a NIfTI-1 file: the geometry nibabel files must get."""
+    import nibabel
+
+    path = tmp_path / "reference.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(values, affine), str(path))
+    return sitk.ReadImage(str(path))
+
+
+@pytest.mark.parametrize("kind", ["nifti2", "mgz"])
+def test_nifti2_and_mgz_are_read_through_nibabel_with_simpleitks_geometry(tmp_path, kind: str) -> None:
+    import nibabel
+
+    values = np.random.default_rng(0).integers(-1024, 1500, size=(6, 5, 4)).astype(np.int16)  # (i, j, k)
+    affine = np.array([[0.0, 0.8, 0.0, -10.0], [0.7, 0.0, 0.0, 5.0], [0.0, 0.0, 2.5, 100.0], [0.0, 0.0, 0.0, 1.0]])
+    if kind == "nifti2":
+        path = tmp_path / "scan.nii.gz"
+        nibabel.save(nibabel.Nifti2Image(values, affine), str(path))
+    else:
+        path = tmp_path / "scan.mgz"
+        nibabel.save(nibabel.MGHImage(values.astype(np.int32), affine), str(path))
+    with pytest.raises(RuntimeError):  # the reason for the fallback: SimpleITK has no reader for these
+        sitk.ReadImage(str(path))
+    image = volumes.read_volume(path)
+    expected = nifti1_through_simpleitk(tmp_path, values, affine)
+    assert np.array_equal(volumes.volume_array(image), sitk.GetArrayFromImage(expected))
+    assert image.GetSpacing() == pytest.approx(expected.GetSpacing())
+    assert image.GetOrigin() == pytest.approx(expected.GetOrigin())
+    assert image.GetDirection() == pytest.approx(expected.GetDirection())
+    assert volumes.volume_name(path) == "scan" and volumes.mask_volume_path(tmp_path, path).name == "scan.nii.gz"
+
+
+def test_a_4d_nifti2_is_refused_naming_file_and_shape(tmp_path) -> None:
+    import nibabel
+
+    path = tmp_path / "perfusion.nii"
+    nibabel.save(nibabel.Nifti2Image(np.zeros((4, 3, 2, 5), dtype=np.int16), np.eye(4)), str(path))
+    with pytest.raises(
+        InputError, match=r"perfusion\.nii: expected a 3-D scalar volume, got 4-D of shape \(4, 3, 2, 5\)"
     ):
+        volumes.read_volume(path)
+
+
+def test_a_file_no_reader_knows_is_an_error_naming_it(tmp_path) -> None:
+    path = tmp_path / "scan.nii.gz"
+    path.write_bytes(b"not a volume")
+    with pytest.raises(InputError, match=r"scan\.nii\.gz: neither SimpleITK .* nor nibabel .* can read it"):
         volumes.read_volume(path)
