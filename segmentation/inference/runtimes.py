@@ -13,7 +13,8 @@ image the model detects something on (tracing records only operations that run) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +56,24 @@ def check_runtime(runtime: str) -> None:
 
 
 def open_session(runtime: str, path: str | Path) -> Session:
-    """A function ``(3, H, W) float32 BGR -> (boxes, labels, scores, mask_probs)`` running ``path`` on CPU."""
+    """A function ``(3, H, W) float32 BGR -> (boxes, labels, scores, mask_probs)`` running ``path`` on CPU.
+
+    Both runtimes use ``torch.get_num_threads()`` threads, so one setting (``torch.set_num_threads``,
+    ``OMP_NUM_THREADS``) governs every runtime and a comparison between them runs at equal thread counts.
+    """
     if runtime == "onnxruntime":
         ort = _import(runtime, "onnxruntime")
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         return lambda image: session.run(names, {"image": image})
     if runtime == "openvino":
         ov = _import(runtime, "openvino")
         # OpenVINO's CPU plugin runs in bf16 by default on CPUs with AMX/AVX512-BF16 (this machine's Xeon): scores
         # then drift by ~0.02 and detections near the threshold come and go. fp32 keeps PyTorch's detections.
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        settings = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        compiled = ov.Core().compile_model(str(path), "CPU", settings)
         request = compiled.create_infer_request()
         outputs = compiled.outputs
 
@@ -185,3 +193,53 @@ class RuntimeModel:
             }
             results.append(detector_postprocess(raw, tuple(image.shape[-2:]), out_hw))
         return results
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely one image's detections from a runtime match PyTorch's, detection by detection (both lists are
+    score-ordered: the graph's NMS keeps PyTorch's order).
+
+    Attributes:
+        count, other_count: detections of PyTorch and of the runtime.
+        same_labels: every matched pair has the same label.
+        min_box_iou, min_mask_iou: the worst pair (1.0 when there are no detections).
+        max_score_diff: the largest score difference of a pair.
+    """
+
+    count: int
+    other_count: int
+    same_labels: bool
+    min_box_iou: float
+    min_mask_iou: float
+    max_score_diff: float
+
+    def same(self, box_iou: float = 0.999, mask_iou: float = 0.99) -> bool:
+        """Equal detections: same count and labels, boxes and masks within the IoUs (other kernels fuse and reorder
+        float operations, so boxes move by ~1e-4 px and a mask pixel on the 0.5 threshold may flip)."""
+        counts = self.count == self.other_count and self.same_labels
+        return counts and self.min_box_iou >= box_iou and self.min_mask_iou >= mask_iou
+
+
+def compare_detections(expected: Mapping[str, Any], got: Mapping[str, Any]) -> Agreement:
+    """Compare two detections dicts of one image (tensors or numpy: ``boxes``, ``scores``, ``labels``, ``masks``)."""
+    a, b = ({k: np.asarray(d[k]) for k in ("boxes", "scores", "labels", "masks")} for d in (expected, got))
+    n = min(len(a["scores"]), len(b["scores"]))
+    if n == 0:
+        return Agreement(len(a["scores"]), len(b["scores"]), True, 1.0, 1.0, 0.0)
+    lt = np.maximum(a["boxes"][:n, :2], b["boxes"][:n, :2])
+    rb = np.minimum(a["boxes"][:n, 2:], b["boxes"][:n, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area_a, area_b = (np.prod(x["boxes"][:n, 2:] - x["boxes"][:n, :2], axis=1) for x in (a, b))
+    box_iou = inter / np.maximum(area_a + area_b - inter, 1e-12)
+    ma, mb = a["masks"][:n].astype(bool), b["masks"][:n].astype(bool)
+    union = (ma | mb).sum(axis=(1, 2))
+    mask_iou = np.where(union > 0, (ma & mb).sum(axis=(1, 2)) / np.maximum(union, 1), 1.0)
+    return Agreement(
+        count=len(a["scores"]),
+        other_count=len(b["scores"]),
+        same_labels=bool(np.array_equal(a["labels"][:n], b["labels"][:n])),
+        min_box_iou=float(box_iou.min()),
+        min_mask_iou=float(mask_iou.min()),
+        max_score_diff=float(np.abs(a["scores"][:n] - b["scores"][:n]).max()),
+    )
