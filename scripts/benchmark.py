@@ -50,7 +50,7 @@ from torchvision.models.detection import MaskRCNN as StockMaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
 
-from segmentation.cli import SegmentationCLI
+from segmentation import api
 from segmentation.data.datamodule import CocoDataModule
 from segmentation.data.phantom import make_phantom
 from segmentation.data.samplers import StreamItem
@@ -59,14 +59,6 @@ from segmentation.model.mask_rcnn import build_mask_rcnn
 
 PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed")
 Batch = tuple[list[Tensor], list[dict[str, Any]]]
-
-
-class BenchmarkCLI(SegmentationCLI):
-    """The config parsed as ``segmentation.fit`` parses it, without a Trainer: the benchmark drives the model itself
-    (a Trainer would only print its banner and make log folders)."""
-
-    def instantiate_trainer(self, **kwargs: Any) -> None:  # type: ignore[override]
-        return None
 
 
 @dataclass
@@ -103,13 +95,8 @@ class BenchmarkConfig:
 
 def read_config(path: str | Path, overrides: Sequence[str] = ()) -> BenchmarkConfig:
     """Parse ``path`` (our config or a detectron2 yaml) and CLI-style ``overrides`` with ``SegmentationCLI``."""
-    cli = BenchmarkCLI(["--config", str(path), *overrides])
-    trainer = cli.config.get("trainer") or {}
-    return BenchmarkConfig(
-        arch=cli.model.arch,
-        data=cli.config.data.as_dict(),
-        cudnn_benchmark=bool(trainer.get("benchmark") or False),
-    )
+    parsed = api.read_config(path, overrides)
+    return BenchmarkConfig(parsed.arch, parsed.data, bool(parsed.trainer.get("benchmark") or False))
 
 
 def stock_backbone_name(arch: MaskRCNNConfig) -> str:
