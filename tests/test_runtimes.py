@@ -53,16 +53,19 @@ def assert_same_detections(expected: dict, got: dict) -> None:
     np.testing.assert_array_equal(got["class_names"], expected["class_names"])
 
 
-def test_agreement_counts_a_missing_detection_and_a_moved_box() -> None:
-    box = np.array([[10.0, 10.0, 50.0, 50.0]])
-    mask = np.zeros((1, 64, 64), bool)
-    mask[0, 10:50, 10:50] = True
-    one = {"boxes": box, "scores": np.array([0.9]), "labels": np.array([1]), "masks": mask}
-    assert compare_detections(one, one).same()
-    none = {k: v[:0] for k, v in one.items()}
-    assert not compare_detections(one, none).same()
-    moved = {**one, "boxes": box + 0.5}
-    assert compare_detections(one, moved).min_box_iou < 0.999 and not compare_detections(one, moved).same()
+def test_agreement_counts_a_missing_detection_and_a_moved_box_but_not_a_swap() -> None:
+    boxes = np.array([[10.0, 10.0, 50.0, 50.0], [30.0, 5.0, 60.0, 40.0]])
+    masks = np.zeros((2, 64, 64), bool)
+    masks[0, 10:50, 10:50] = masks[1, 5:40, 30:60] = True
+    two = {"boxes": boxes, "scores": np.array([0.9, 0.9]), "labels": np.array([1, 1]), "masks": masks}
+    assert compare_detections(two, two).same()
+    swapped = {k: v[::-1] for k, v in two.items()}  # near-tied scores may come out in either order
+    assert compare_detections(two, swapped).same()
+    assert not compare_detections(two, {k: v[:1] for k, v in two.items()}).same()
+    moved = {**two, "boxes": boxes + 0.5}
+    assert compare_detections(two, moved).min_box_iou < 0.999 and not compare_detections(two, moved).same()
+    relabelled = {**two, "labels": np.array([1, 2])}
+    assert not compare_detections(two, relabelled).same()
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])

@@ -197,14 +197,13 @@ class RuntimeModel:
 
 @dataclass(frozen=True)
 class Agreement:
-    """How closely one image's detections from a runtime match PyTorch's, detection by detection (both lists are
-    score-ordered: the graph's NMS keeps PyTorch's order).
+    """How closely one image's detections from a runtime match PyTorch's, detection by detection.
 
     Attributes:
         count, other_count: detections of PyTorch and of the runtime.
-        same_labels: every matched pair has the same label.
-        min_box_iou, min_mask_iou: the worst pair (1.0 when there are no detections).
-        max_score_diff: the largest score difference of a pair.
+        same_labels: every PyTorch detection found a runtime detection of its label.
+        min_box_iou, min_mask_iou: the worst matched pair (1.0 when there are no detections).
+        max_score_diff: the largest score difference of a matched pair.
     """
 
     count: int
@@ -221,25 +220,45 @@ class Agreement:
         return counts and self.min_box_iou >= box_iou and self.min_mask_iou >= mask_iou
 
 
+def _box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a, area_b = (np.prod(x[:, 2:] - x[:, :2], axis=1) for x in (a, b))
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def match_detections(expected: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> list[tuple[int, int]]:
+    """Pair each expected detection, best score first, with the unpaired detection of its label that overlaps it
+    most. Pairing by overlap, not by position, keeps near-tied scores (random weights give many) from swapping
+    two detections' places and counting as a difference."""
+    iou = _box_iou_matrix(expected["boxes"], got["boxes"])
+    iou[expected["labels"][:, None] != got["labels"][None, :]] = -1.0
+    pairs = []
+    for i in range(len(expected["boxes"])):
+        j = int(np.argmax(iou[i])) if iou.shape[1] else -1
+        if j >= 0 and iou[i, j] >= 0:
+            pairs.append((i, j))
+            iou[:, j] = -1.0
+    return pairs
+
+
 def compare_detections(expected: Mapping[str, Any], got: Mapping[str, Any]) -> Agreement:
     """Compare two detections dicts of one image (tensors or numpy: ``boxes``, ``scores``, ``labels``, ``masks``)."""
     a, b = ({k: np.asarray(d[k]) for k in ("boxes", "scores", "labels", "masks")} for d in (expected, got))
-    n = min(len(a["scores"]), len(b["scores"]))
-    if n == 0:
-        return Agreement(len(a["scores"]), len(b["scores"]), True, 1.0, 1.0, 0.0)
-    lt = np.maximum(a["boxes"][:n, :2], b["boxes"][:n, :2])
-    rb = np.minimum(a["boxes"][:n, 2:], b["boxes"][:n, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area_a, area_b = (np.prod(x["boxes"][:n, 2:] - x["boxes"][:n, :2], axis=1) for x in (a, b))
-    box_iou = inter / np.maximum(area_a + area_b - inter, 1e-12)
-    ma, mb = a["masks"][:n].astype(bool), b["masks"][:n].astype(bool)
+    pairs = match_detections(a, b)
+    if not pairs:
+        return Agreement(len(a["scores"]), len(b["scores"]), len(a["scores"]) == 0, 1.0, 1.0, 0.0)
+    i, j = (np.array(index) for index in zip(*pairs, strict=True))
+    box_iou = _box_iou_matrix(a["boxes"][i], b["boxes"][j]).diagonal()
+    ma, mb = a["masks"][i].astype(bool), b["masks"][j].astype(bool)
     union = (ma | mb).sum(axis=(1, 2))
     mask_iou = np.where(union > 0, (ma & mb).sum(axis=(1, 2)) / np.maximum(union, 1), 1.0)
     return Agreement(
         count=len(a["scores"]),
         other_count=len(b["scores"]),
-        same_labels=bool(np.array_equal(a["labels"][:n], b["labels"][:n])),
+        same_labels=len(pairs) == len(a["scores"]),
         min_box_iou=float(box_iou.min()),
         min_mask_iou=float(mask_iou.min()),
-        max_score_diff=float(np.abs(a["scores"][:n] - b["scores"][:n]).max()),
+        max_score_diff=float(np.abs(a["scores"][i] - b["scores"][j]).max()),
     )
