@@ -72,10 +72,13 @@ def agreement_summary(expected: Sequence[dict[str, Tensor]], got: Sequence[dict[
     pairs = [compare_detections(e, g) for e, g in zip(expected, got, strict=True)]
     return {
         "equal_detections": all(p.same() for p in pairs),
+        "equal_boxes_scores_labels": all(p.same_boxes() for p in pairs),
         "detections": [p.other_count for p in pairs],
         "min_box_iou": min(p.min_box_iou for p in pairs),
         "min_mask_iou": min(p.min_mask_iou for p in pairs),
         "max_score_diff": max(p.max_score_diff for p in pairs),
+        "mask_pixels_differ": sum(p.mask_pixels_differ for p in pairs),
+        "mask_pixels": sum(p.mask_pixels for p in pairs),
     }
 
 
@@ -139,8 +142,18 @@ def inference_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         if key not in result:
             continue
         rows.append((f"inference images/s, {runtime}", f"{result[key]:.3f} ({result[f'{runtime}_ratio']:.2f}x)"))
-        a = result["runtime_agreement"][runtime]
-        verdict = "equal detections" if a["equal_detections"] else "DETECTIONS DIFFER"
-        ious = f"box IoU >= {a['min_box_iou']:.5f}, mask IoU >= {a['min_mask_iou']:.4f}"
-        rows.append((f"  {runtime} vs eager", f"{verdict}: {ious}, score diff <= {a['max_score_diff']:.1e}"))
+        rows.append((f"  {runtime} vs eager", agreement_text(result["runtime_agreement"][runtime])))
     return rows
+
+
+def agreement_text(a: dict[str, Any]) -> str:
+    """One line: the verdict, the worst box and mask IoU and score difference, and the mask pixels that differ."""
+    if a["equal_detections"]:
+        verdict = "equal detections"
+    elif a["equal_boxes_scores_labels"]:
+        verdict = "equal boxes/labels, MASKS DIFFER"
+    else:
+        verdict = "DETECTIONS DIFFER"
+    ious = f"box IoU >= {a['min_box_iou']:.5f}, mask IoU >= {a['min_mask_iou']:.4f}"
+    pixels = f"{a['mask_pixels_differ']} of {a['mask_pixels']} mask pixels differ"
+    return f"{verdict}: {ious}, score diff <= {a['max_score_diff']:.1e}, {pixels}"

@@ -204,6 +204,7 @@ class Agreement:
         same_labels: every PyTorch detection found a runtime detection of its label.
         min_box_iou, min_mask_iou: the worst matched pair (1.0 when there are no detections).
         max_score_diff: the largest score difference of a matched pair.
+        mask_pixels_differ, mask_pixels: over all matched pairs, the pixels in one mask only, and in either.
     """
 
     count: int
@@ -212,12 +213,17 @@ class Agreement:
     min_box_iou: float
     min_mask_iou: float
     max_score_diff: float
+    mask_pixels_differ: int = 0
+    mask_pixels: int = 0
+
+    def same_boxes(self, box_iou: float = 0.999) -> bool:
+        """Same count and labels, every box within ``box_iou`` (other kernels move boxes by ~1e-4 px)."""
+        return self.count == self.other_count and self.same_labels and self.min_box_iou >= box_iou
 
     def same(self, box_iou: float = 0.999, mask_iou: float = 0.99) -> bool:
-        """Equal detections: same count and labels, boxes and masks within the IoUs (other kernels fuse and reorder
-        float operations, so boxes move by ~1e-4 px and a mask pixel on the 0.5 threshold may flip)."""
-        counts = self.count == self.other_count and self.same_labels
-        return counts and self.min_box_iou >= box_iou and self.min_mask_iou >= mask_iou
+        """Equal detections: ``same_boxes`` and every mask within ``mask_iou`` (a pixel whose probability sits on
+        the 0.5 threshold may flip when other kernels fuse and reorder float operations)."""
+        return self.same_boxes(box_iou) and self.min_mask_iou >= mask_iou
 
 
 def _box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -261,4 +267,6 @@ def compare_detections(expected: Mapping[str, Any], got: Mapping[str, Any]) -> A
         min_box_iou=float(box_iou.min()),
         min_mask_iou=float(mask_iou.min()),
         max_score_diff=float(np.abs(a["scores"][i] - b["scores"][j]).max()),
+        mask_pixels_differ=int((ma ^ mb).sum()),
+        mask_pixels=int(union.sum()),
     )
