@@ -4,11 +4,16 @@ Why: the project promises detectron2's numbers *and* its speed. This script give
 one of our configs it times a full training step (forward + backward + Adam, optional AMP) of our model and of
 torchvision's stock ``MaskRCNN`` (same backbone family, same image size, same sampling sizes, same batches) in the
 same process, the training data pipeline (decode + resize + mask decode in the workers of ``CocoDataModule``), fp32
-batch-1 inference, peak GPU memory and peak host RSS. Inputs are phantom slices (``segmentation.data.phantom``)
-mapped by our mapper, so every variant sees the same realistic batches. Weights are random (detectron2's
-initialisation for ours, torchvision's for stock): speed does not depend on them, and no download is needed.
+batch-1 inference (PyTorch eager, stock torchvision and, on CPU, the exported graph on onnxruntime and OpenVINO,
+see ``benchmark_inference``), peak GPU memory and peak host RSS. Inputs are phantom slices
+(``segmentation.data.phantom``) mapped by our mapper, so every variant sees the same realistic batches. Weights are
+random (detectron2's initialisation for ours, torchvision's for stock; ``model.weights`` is never loaded): speed does
+not depend on them, and no download is needed.
 ``--ddp-processes N`` also times our training step under ``DistributedDataParallel`` with N spawned gloo processes
 on CPU, the code path of ``--trainer.strategy ddp``.
+
+The model and data settings come from ``SegmentationCLI``, the parser of ``segmentation.fit``: our yaml or a
+detectron2 one, and any ``--model.*``/``--data.*``/``--trainer.*`` override after the script's own flags.
 
 Prints a table and, as its last line, one json object.
 
@@ -39,12 +44,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import yaml
+from benchmark_inference import RUNTIME_KEYS, inference_rows, interleaved_medians, time_inference
+from benchmark_stock import build_stock, stock_backbone_name, stock_matches, to_stock_input
 from torch import Tensor, nn
-from torchvision.models.detection import MaskRCNN as StockMaskRCNN
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-from torchvision.ops import FrozenBatchNorm2d
 
+from segmentation import api
 from segmentation.data.datamodule import CocoDataModule
 from segmentation.data.phantom import make_phantom
 from segmentation.data.samplers import StreamItem
@@ -57,119 +61,49 @@ Batch = tuple[list[Tensor], list[dict[str, Any]]]
 
 @dataclass
 class BenchmarkConfig:
-    """What one of our yaml configs says about the model and its data, as the benchmark needs it."""
+    """What the parsed config says about the model and its data, as the benchmark needs it.
+
+    Attributes:
+        arch: the model's architecture (``model.arch``).
+        data: the ``--data.*`` options, the arguments ``CocoDataModule`` is built with.
+        cudnn_benchmark: ``trainer.benchmark``.
+    """
 
     arch: MaskRCNNConfig
-    min_size: int
-    max_size: int
-    batch_size: int
-    num_workers: int
+    data: dict[str, Any]
     cudnn_benchmark: bool
 
+    @property
+    def min_size(self) -> int:
+        sizes = self.data["min_size_train"]
+        return max(sizes) if isinstance(sizes, list) else sizes
 
-def read_config(path: str | Path, image_size: int | None = None) -> BenchmarkConfig:
-    """Read ``model.arch``, the training sizes, batch size, workers and ``trainer.benchmark`` from our yaml.
+    @property
+    def max_size(self) -> int:
+        return self.data["max_size_train"]
 
-    Args:
-        path: one of our LightningCLI configs (``configs/*.yaml``).
-        image_size: if given, replaces the config's training min/max size (square phantom slices of that side).
-    """
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    data, trainer = raw.get("data", {}), raw.get("trainer", {})
-    arch = MaskRCNNConfig(**raw.get("model", {}).get("arch", {}))
-    return BenchmarkConfig(
-        arch=arch,
-        min_size=image_size or data.get("min_size_train", 512),
-        max_size=image_size or data.get("max_size_train", 512),
-        batch_size=data.get("batch_size", 4),
-        num_workers=data.get("num_workers", 2),
-        cudnn_benchmark=bool(trainer.get("benchmark", False)),
-    )
+    @property
+    def batch_size(self) -> int:
+        return self.data["batch_size"]
+
+    @property
+    def num_workers(self) -> int:
+        return self.data["num_workers"]
 
 
-def stock_backbone_name(arch: MaskRCNNConfig) -> str:
-    """The torchvision backbone closest to ``arch`` (ResNet of the same depth, or ResNeXt-50 32x4d / 101 32x8d)."""
-    if arch.num_groups == 1:
-        return f"resnet{arch.depth}"
-    return "resnext50_32x4d" if arch.depth <= 50 else "resnext101_32x8d"
+def read_config(path: str | Path, overrides: Sequence[str] = ()) -> BenchmarkConfig:
+    """Parse ``path`` (our config or a detectron2 yaml) and CLI-style ``overrides`` with ``SegmentationCLI``."""
+    parsed = api.read_config(path, overrides)
+    return BenchmarkConfig(parsed.arch, parsed.data, bool(parsed.trainer.get("benchmark") or False))
 
 
-def stock_matches(arch: MaskRCNNConfig) -> bool:
-    """Whether the stock model has exactly our layer shapes, so that the speed ratio compares like with like."""
-    name = stock_backbone_name(arch)
-    groups, width = {"resnext50_32x4d": (32, 4), "resnext101_32x8d": (32, 8)}.get(name, (1, 64))
-    depth = 101 if name == "resnext101_32x8d" else 50 if name == "resnext50_32x4d" else arch.depth
-    shapes = (
-        arch.depth,
-        arch.num_groups,
-        arch.width_per_group,
-        arch.stem_out_channels,
-        arch.res2_out_channels,
-        arch.stride_in_1x1,
-        arch.fpn_out_channels,
-        arch.box_head_num_fc,
-        arch.box_head_fc_dim,
-        arch.mask_head_num_conv,
-        arch.mask_head_conv_dim,
-        arch.box_pooler_resolution,
-        arch.mask_pooler_resolution,
-    )
-    res2 = 64 if arch.depth in (18, 34) else 256
-    return shapes == (depth, groups, width, 64, res2, False, 256, 2, 1024, 4, 256, 7, 14)
-
-
-def build_stock(cfg: BenchmarkConfig) -> StockMaskRCNN:
-    """torchvision's ``MaskRCNN`` with the closest backbone, our image sizes and our RPN/ROI sampling sizes.
-
-    Only constructor arguments are set, so the code that runs is torchvision's: it normalises float RGB 0-1 input
-    itself (ImageNet mean/std), resizes (a no-op scale of 1 here) and pads. Sampling sizes and top-k values are
-    the recipe's, so both models do the same amount of head work.
-    """
-    arch = cfg.arch
-    norm_layer = FrozenBatchNorm2d if arch.norm == "FrozenBN" else nn.BatchNorm2d
-    backbone = resnet_fpn_backbone(
-        backbone_name=stock_backbone_name(arch),
-        weights=None,
-        norm_layer=norm_layer,
-        trainable_layers=max(0, min(5, 5 - arch.freeze_at)),
-    )
-    bg_iou, fg_iou = arch.rpn_iou_thresholds
-    return StockMaskRCNN(
-        backbone,
-        num_classes=arch.num_classes + 1,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        rpn_pre_nms_top_n_train=arch.rpn_pre_nms_topk_train,
-        rpn_pre_nms_top_n_test=arch.rpn_pre_nms_topk_test,
-        rpn_post_nms_top_n_train=arch.rpn_post_nms_topk_train,
-        rpn_post_nms_top_n_test=arch.rpn_post_nms_topk_test,
-        rpn_nms_thresh=arch.rpn_nms_thresh,
-        rpn_fg_iou_thresh=fg_iou,
-        rpn_bg_iou_thresh=bg_iou,
-        rpn_batch_size_per_image=arch.rpn_batch_size_per_image,
-        rpn_positive_fraction=arch.rpn_positive_fraction,
-        box_score_thresh=arch.score_thresh_test,
-        box_nms_thresh=arch.nms_thresh_test,
-        box_detections_per_img=arch.detections_per_image,
-        box_fg_iou_thresh=arch.roi_iou_threshold,
-        box_bg_iou_thresh=arch.roi_iou_threshold,
-        box_batch_size_per_image=arch.roi_batch_size_per_image,
-        box_positive_fraction=arch.roi_positive_fraction,
-        bbox_reg_weights=arch.box_reg_weights,
-    )
-
-
-def make_phantom_datamodule(out_dir: Path, cfg: BenchmarkConfig, batch_size: int, workers: int) -> CocoDataModule:
-    """A phantom training split at the config's size, behind our ``CocoDataModule`` (set up for ``fit``)."""
+def make_phantom_datamodule(out_dir: Path, cfg: BenchmarkConfig) -> CocoDataModule:
+    """The config's ``CocoDataModule`` (set up for ``fit``) on a phantom training split of square slices at the
+    config's training size, in place of the config's own splits."""
     paths = make_phantom(out_dir, n_train=2, n_val=0, n_test=0, slices_per_volume=12, size=cfg.max_size)
-    datamodule = CocoDataModule(
-        train_json=str(paths["train_json"]),
-        train_images=str(paths["train_images"]),
-        batch_size=batch_size,
-        num_workers=workers,
-        min_size_train=cfg.min_size,
-        max_size_train=cfg.max_size,
-    )
+    splits = {f"{split}_{kind}": None for split in ("val", "test") for kind in ("json", "images")}
+    train = {"train_json": str(paths["train_json"]), "train_images": str(paths["train_images"])}
+    datamodule = CocoDataModule(**{**cfg.data, **splits, **train})
     datamodule.setup("fit")
     return datamodule
 
@@ -193,12 +127,6 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return [image.to(device) for image in images], moved
 
 
-def to_stock_input(batch: Batch) -> Batch:
-    """Our uint8 BGR images -> the float RGB 0-1 images torchvision's models expect; targets unchanged."""
-    images, targets = batch
-    return [image.flip(0).float().div(255.0) for image in images], targets
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a Lightning precision string; ``16-mixed`` on CPU falls back to fp32 (as our CLI)."""
     if precision == "bf16-mixed":
@@ -211,33 +139,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def median_step_seconds(step: Callable[[int], None], warmup: int, steps: int, device: torch.device) -> float:
     """Run ``step(i)`` ``warmup + steps`` times; the median wall time of the last ``steps`` calls."""
     return interleaved_medians({"step": step}, warmup, steps, device)["step"]
-
-
-def interleaved_medians(
-    steps_by_name: dict[str, Callable[[int], None]], warmup: int, steps: int, device: torch.device
-) -> dict[str, float]:
-    """Median wall time per named step function, calling them in turn (A, B, A, B, ...).
-
-    Alternating makes a comparison fair on a shared machine: load from other processes hits both variants alike.
-    """
-    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
-    for i in range(warmup + steps):
-        for name, step in steps_by_name.items():
-            sync(device)
-            start = time.perf_counter()
-            step(i)
-            sync(device)
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def train_step_fn(
@@ -259,17 +163,6 @@ def train_step_fn(
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def inference_step_fn(model: nn.Module, images: Sequence[Tensor]) -> Callable[[int], None]:
-    """fp32, batch 1, eval mode, no autograd: one image per call, as ``segmentation.evaluate`` runs."""
-    model.eval()
-
-    def step(i: int) -> None:
-        with torch.inference_mode():
-            model([images[i % len(images)]])
 
     return step
 
@@ -323,19 +216,6 @@ def time_training(
         n = len(batches[name][0][0])
         results[name] = {"images_per_s": n / seconds[name], "step_s": seconds[name], "peak_memory_mb": peak}
     return results
-
-
-def time_inference(
-    builds: dict[str, Callable[[], nn.Module]],
-    images: dict[str, Sequence[Tensor]],
-    device: torch.device,
-    warmup: int,
-    steps: int,
-) -> dict[str, float]:
-    """Per named model: fp32 batch-1 inference images/s (median, models interleaved)."""
-    models = {name: build_seeded(build, device) for name, build in builds.items()}
-    fns = {name: inference_step_fn(model, images[name]) for name, model in models.items()}
-    return {name: 1.0 / s for name, s in interleaved_medians(fns, warmup, steps, device).items()}
 
 
 def time_loader(datamodule: CocoDataModule, batches: int, rounds: int = 3) -> dict[str, float]:
@@ -415,25 +295,32 @@ def machine_description(device: torch.device) -> str:
     return f"{model}, {os.cpu_count()} cores ({platform.machine()}), {torch.get_num_threads()} torch threads, no GPU"
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure everything ``args`` asks for and return the result dict (the json line)."""
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch sees no GPU")
-    if args.ddp_processes > 1 and device.type != "cpu":
-        raise SystemExit("--ddp-processes times gloo processes on CPU; use --device cpu")
-    cfg = read_config(args.config, args.image_size)
-    batch_size = args.batch_size or cfg.batch_size
-    workers = cfg.num_workers if args.workers is None else args.workers
-    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark if args.cudnn_benchmark is None else args.cudnn_benchmark
+MEASUREMENTS = ("train", "loader", "inference")
 
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The script's own size/batch/worker flags as ``SegmentationCLI`` options, then the user's overrides."""
+    overrides = []
+    if args.image_size:
+        sides = ("min_size_train", "max_size_train", "min_size_test", "max_size_test")
+        overrides += [f"--data.{side}={args.image_size}" for side in sides]
+    if args.batch_size:
+        overrides.append(f"--data.batch_size={args.batch_size}")
+    if args.workers is not None:
+        overrides.append(f"--data.num_workers={args.workers}")
+    return overrides + list(args.overrides)
+
+
+def describe(args: argparse.Namespace, cfg: BenchmarkConfig, device: torch.device) -> dict[str, Any]:
+    """The keys that say what was measured, where."""
     result: dict[str, Any] = {
         "config": str(args.config),
+        "overrides": list(args.overrides),
         "device": device.type,
         "machine": machine_description(device),
-        "batch_size": batch_size,
+        "batch_size": cfg.batch_size,
         "image_size": [cfg.min_size, cfg.max_size],
-        "workers": workers,
+        "workers": cfg.num_workers,
         "stock_backbone": stock_backbone_name(cfg.arch),
         "stock_matches_architecture": stock_matches(cfg.arch),
         "torch": torch.__version__,
@@ -441,24 +328,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         result["card"] = torch.cuda.get_device_name(device)
         result["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    return result
 
-    with tempfile.TemporaryDirectory() as tmp:
-        datamodule = make_phantom_datamodule(Path(tmp), cfg, batch_size, workers)
-        batches = training_batches(datamodule, batch_size, count=4)
-        loader = time_loader(datamodule, args.loader_batches)
-    result["loader_images_per_s"] = loader["images_per_s"]
-    result["loader_images_per_s_per_worker"] = loader["images_per_s_per_worker"]
-    result["loader_multiscale_flip_images_per_s"] = loader["augmented_images_per_s"]
-    result["loader_multiscale_flip_ratio"] = loader["augmented_ratio"]
 
-    builds = {"ours": lambda: build_mask_rcnn(cfg.arch), "stock": lambda: build_stock(cfg)}
-    device_batches = {
-        "ours": [to_device(b, device) for b in batches],
-        "stock": [to_device(to_stock_input(b), device) for b in batches],
-    }
+def training_keys(builds: dict[str, Callable[[], nn.Module]], batches: dict[str, Sequence[Batch]],
+                  args: argparse.Namespace, device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """Training images/s of ours and stock per precision; the first precision's figures also at the top level."""
     per_precision: dict[str, dict[str, float]] = {}
     for precision in args.precision:
-        r = time_training(builds, device_batches, precision, device, args.warmup, args.steps)
+        r = time_training(builds, batches, precision, device, args.warmup, args.steps)
         per_precision[precision] = {
             "train_images_per_s": r["ours"]["images_per_s"],
             "stock_train_images_per_s": r["stock"]["images_per_s"],
@@ -466,15 +344,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "peak_memory_mb": r["ours"]["peak_memory_mb"],
             "stock_peak_memory_mb": r["stock"]["peak_memory_mb"],
         }
-    result.update(per_precision[args.precision[0]])
-    result["precision"] = args.precision[0]
-    result["by_precision"] = per_precision
+    return {**per_precision[args.precision[0]], "precision": args.precision[0], "by_precision": per_precision}
 
-    single_images = {name: [b[0][0] for b in device_batches[name]] for name in builds}
-    inference = time_inference(builds, single_images, device, args.warmup, args.steps)
-    result["inference_images_per_s"] = inference["ours"]
-    result["stock_inference_images_per_s"] = inference["stock"]
 
+def loader_keys(datamodule: CocoDataModule, batches: int) -> dict[str, float]:
+    loader = time_loader(datamodule, batches)
+    return {
+        "loader_images_per_s": loader["images_per_s"],
+        "loader_images_per_s_per_worker": loader["images_per_s_per_worker"],
+        "loader_multiscale_flip_images_per_s": loader["augmented_images_per_s"],
+        "loader_multiscale_flip_ratio": loader["augmented_ratio"],
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure everything ``args`` asks for and return the result dict (the json line)."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no GPU")
+    if args.ddp_processes > 1 and device.type != "cpu":
+        raise SystemExit("--ddp-processes times gloo processes on CPU; use --device cpu")
+    runtimes = list(RUNTIME_KEYS) if args.runtimes is None else args.runtimes
+    if runtimes and device.type != "cpu":
+        raise SystemExit("--runtimes run on the CPU; use --device cpu (or --runtimes with no name)")
+    cfg = read_config(args.config, config_overrides(args))
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark if args.cudnn_benchmark is None else args.cudnn_benchmark
+    result = describe(args, cfg, device)
+    builds = {
+        "ours": lambda: build_mask_rcnn(cfg.arch),
+        "stock": lambda: build_stock(cfg.arch, cfg.min_size, cfg.max_size),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        datamodule = make_phantom_datamodule(Path(tmp), cfg)
+        batches = training_batches(datamodule, cfg.batch_size, count=4)
+        if "loader" in args.measure:
+            result.update(loader_keys(datamodule, args.loader_batches))
+        device_batches = {
+            "ours": [to_device(b, device) for b in batches],
+            "stock": [to_device(to_stock_input(b), device) for b in batches],
+        }
+        if "train" in args.measure:
+            result.update(training_keys(builds, device_batches, args, device))
+        if "inference" in args.measure:
+            single_images = {name: [b[0][0] for b in device_batches[name]] for name in builds}
+            ours, stock = (build_seeded(builds[name], device) for name in ("ours", "stock"))
+            result.update(
+                time_inference(ours, stock, single_images, runtimes, Path(tmp), device, args.warmup, args.steps)
+            )
     if args.ddp_processes > 1:
         ddp = time_ddp(cfg.arch, batches, args.ddp_processes, args.warmup, args.steps)
         result["ddp_processes"] = args.ddp_processes
@@ -483,51 +399,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """The human-readable summary printed above the json line."""
-    rows = [("machine", result["machine"]), ("config", result["config"])]
-    rows.append(
-        ("batch / image size / workers", f"{result['batch_size']} / {result['image_size']} / {result['workers']}")
-    )
-    stock = result["stock_backbone"] + ("" if result["stock_matches_architecture"] else " (closest; not our shapes)")
-    rows.append(("stock torchvision backbone", stock))
+def training_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
     for precision, r in result["by_precision"].items():
         rows.append((f"train images/s, ours [{precision}]", f"{r['train_images_per_s']:.3f}"))
         rows.append((f"train images/s, stock [{precision}]", f"{r['stock_train_images_per_s']:.3f}"))
         rows.append((f"ratio ours/stock [{precision}]", f"{r['ratio']:.3f}"))
         if result["device"] == "cuda":
-            rows.append(
-                (
-                    f"peak GPU MB ours / stock [{precision}]",
-                    f"{r['peak_memory_mb']:.0f} / {r['stock_peak_memory_mb']:.0f}",
-                )
-            )
-    rows.append(("loader images/s (total)", f"{result['loader_images_per_s']:.2f}"))
-    rows.append(("loader images/s per worker", f"{result['loader_images_per_s_per_worker']:.2f}"))
-    rows.append(
-        (
-            "loader images/s with multi-scale + flip (ratio)",
-            f"{result['loader_multiscale_flip_images_per_s']:.2f} ({result['loader_multiscale_flip_ratio']:.2f}x)",
-        )
-    )
-    rows.append(
-        (
-            "inference images/s ours / stock (fp32, b1)",
-            f"{result['inference_images_per_s']:.3f} / {result['stock_inference_images_per_s']:.3f}",
-        )
-    )
+            peaks = f"{r['peak_memory_mb']:.0f} / {r['stock_peak_memory_mb']:.0f}"
+            rows.append((f"peak GPU MB ours / stock [{precision}]", peaks))
+    return rows
+
+
+def loader_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    augmented = result["loader_multiscale_flip_images_per_s"], result["loader_multiscale_flip_ratio"]
+    return [
+        ("loader images/s (total)", f"{result['loader_images_per_s']:.2f}"),
+        ("loader images/s per worker", f"{result['loader_images_per_s_per_worker']:.2f}"),
+        ("loader images/s with multi-scale + flip (ratio)", f"{augmented[0]:.2f} ({augmented[1]:.2f}x)"),
+    ]
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The human-readable summary printed above the json line."""
+    rows = [("machine", result["machine"]), ("config", " ".join([result["config"], *result["overrides"]]))]
+    sizes = f"{result['batch_size']} / {result['image_size']} / {result['workers']}"
+    rows.append(("batch / image size / workers", sizes))
+    stock = result["stock_backbone"] + ("" if result["stock_matches_architecture"] else " (closest; not our shapes)")
+    rows.append(("stock torchvision backbone", stock))
+    if "by_precision" in result:
+        rows += training_rows(result)
+    if "loader_images_per_s" in result:
+        rows += loader_rows(result)
+    if "inference_images_per_s" in result:
+        rows += inference_rows(result)
     if "ddp_train_images_per_s" in result:
-        rows.append(
-            (f"DDP train images/s ({result['ddp_processes']} gloo procs)", f"{result['ddp_train_images_per_s']:.3f}")
-        )
+        ddp = f"DDP train images/s ({result['ddp_processes']} gloo procs)"
+        rows.append((ddp, f"{result['ddp_train_images_per_s']:.3f}"))
     rows.append(("peak host RSS MB", f"{result['peak_host_rss_mb']:.0f}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="one of our yaml configs (model.arch and data sizes)")
+    """The script's flags; every other argument (``--model.*``, ``--data.*``, ...) goes to ``SegmentationCLI``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--config", required=True, help="our yaml config or a detectron2 one (as segmentation.fit)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["32"], help="one or more; first in json")
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: data.batch_size)")
@@ -537,13 +454,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loader-batches", type=int, default=20, help="batches timed through the loader")
     parser.add_argument("--image-size", type=int, default=None, help="phantom side and resize target (default: config)")
     parser.add_argument("--ddp-processes", type=int, default=1, help="also time DDP with N gloo CPU processes")
+    parser.add_argument("--measure", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS), help="what to time")
+    parser.add_argument(
+        "--runtimes",
+        nargs="*",
+        choices=list(RUNTIME_KEYS),
+        default=None,
+        help="graph runtimes timed next to eager PyTorch (default on CPU: all; none on CUDA)",
+    )
     parser.add_argument(
         "--cudnn-benchmark",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="torch.backends.cudnn.benchmark (default: the config's trainer.benchmark)",
     )
-    return parser.parse_args(argv)
+    args, overrides = parser.parse_known_args(argv)
+    args.overrides = overrides
+    if args.runtimes is None and args.device != "cpu":
+        args.runtimes = []
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import yaml
 from PIL import Image
 
 from segmentation import predict
 from segmentation.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent / "checkpoints"))
-from test_loading import lightning_checkpoint  # noqa: E402
+from test_loading import TINY_ARCH, lightning_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,9 @@ def test_predictor_matches_what_predict_writes(files: Path, tmp_path: Path) -> N
     np.testing.assert_allclose(sorted(r["score"] for r in written), sorted(ours["scores"]), rtol=1e-5)
     x, y, w, h = max(written, key=lambda r: r["score"])["bbox"]
     np.testing.assert_allclose(ours["boxes"][np.argmax(ours["scores"])], [x, y, x + w, y + h], atol=1e-3)
-    assert set(ours["class_names"]) <= {"left lung", "right lung"}
+    assert isinstance(ours["class_names"], np.ndarray) and set(ours["class_names"]) <= {"left lung", "right lung"}
+    keep = ours["scores"] > np.median(ours["scores"])  # every key indexes alike
+    assert len(ours["class_names"][keep]) == len(ours["boxes"][keep]) == keep.sum()
 
 
 def test_arrays_pil_and_lists_give_the_same_detections(files: Path) -> None:
@@ -54,12 +58,61 @@ def test_arrays_pil_and_lists_give_the_same_detections(files: Path) -> None:
     predictor = Predictor(files / "last.ckpt")
     gray = np.asarray(Image.open(files / "s.png"))
     by_path = predictor(files / "s.png")
-    for other in (predictor(gray), predictor(Image.open(files / "s.png")), predictor([gray, gray])[1]):
+    rgba = Image.open(files / "s.png").convert("RGBA")  # PIL images go through convert("RGB") as files do
+    for other in (
+        predictor(gray),
+        predictor(Image.open(files / "s.png")),
+        predictor(rgba),
+        predictor(gray[:, :, None]),
+    ):
         np.testing.assert_array_equal(other["scores"], by_path["scores"])
+    listed = predictor([gray, files / "s.png"])
+    assert isinstance(listed, list) and len(listed) == 2
+    np.testing.assert_array_equal(listed[1]["scores"], by_path["scores"])
     rgb = np.repeat(gray[:, :, None], 3, axis=2)
     np.testing.assert_array_equal(predictor(rgb)["scores"], by_path["scores"])
     overlay = predictor.draw(gray, by_path)
-    assert overlay.size == (80, 64)
+    assert isinstance(overlay, Image.Image) and overlay.size == (80, 64)
+    assert np.any(np.asarray(overlay) != np.asarray(Image.fromarray(rgb)))  # something was drawn
+
+
+def test_channel_order_bgr_reads_opencv_arrays(files: Path) -> None:
+    from segmentation import Predictor
+
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    as_rgb = Predictor(files / "last.ckpt")(rgb)
+    as_bgr = Predictor(files / "last.ckpt", channel_order="BGR")(np.ascontiguousarray(rgb[:, :, ::-1]))
+    np.testing.assert_array_equal(as_bgr["scores"], as_rgb["scores"])
+    np.testing.assert_array_equal(as_bgr["masks"], as_rgb["masks"])
+
+
+def test_bad_images_and_options_are_clear_errors(files: Path) -> None:
+    from segmentation import Predictor
+
+    with pytest.raises(UserError, match="channel_order must be one of RGB, BGR"):
+        Predictor(files / "last.ckpt", channel_order="bgr")
+    with pytest.raises(TypeError, match="window_centre"):
+        Predictor(files / "last.ckpt", window_centre=40)
+    predictor = Predictor(files / "last.ckpt")
+    with pytest.raises(UserError, match=r"got shape \(8, 8, 3\) float32"):
+        predictor(np.zeros((8, 8, 3), np.float32))
+
+
+def test_a_config_file_gives_the_architecture_and_test_sizes(files: Path, tmp_path: Path) -> None:
+    """A state dict records no architecture: the config file given to Predictor does, as --config does for predict."""
+    from segmentation import Predictor
+
+    checkpoint = torch.load(files / "last.ckpt", weights_only=True)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    torch.save(state, tmp_path / "model_final.pth")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump({"model": {"arch": TINY_ARCH}, "data": {"min_size_test": 96, "max_size_test": 96}})
+    )
+    from_file = Predictor(tmp_path / "model_final.pth", config=config)
+    assert (from_file.min_size, from_file.max_size) == (96, 96)
+    reference = Predictor(files / "last.ckpt", min_size=96, max_size=96)
+    np.testing.assert_allclose(from_file(files / "s.png")["scores"], reference(files / "s.png")["scores"], rtol=1e-6)
 
 
 def test_16_bit_arrays_are_windowed_as_hu_plus_offset(files: Path) -> None:
@@ -87,7 +140,8 @@ def test_train_runs_fit_from_a_config_and_dict_overrides(tmp_path: Path, caplog)
     overrides = {**{f"data.{k}": v for k, v in data.items()}, **sizes, "data.num_workers": 0, "trainer.max_steps": 2}
     run_dir, final = train("configs/quickstart.yaml", overrides, output_dir=tmp_path / "run")
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert final["iteration"] == 2
+    assert final["iteration"] == 2 and "total_loss" in final  # the last training line ...
+    assert {"segm/AP", "bbox/AP", "test/segm/AP"} <= final.keys()  # ... merged with the val and test results
     assert "`weights_only` was not set" not in caplog.text  # every checkpoint save and load says what it does
     from segmentation import Predictor
 

@@ -18,6 +18,7 @@ from test_export import TINY_ARCH  # noqa: E402  (tests/ is on sys.path via root
 from segmentation import Predictor, predict
 from segmentation.errors import ConfigError
 from segmentation.inference import graph_cache
+from segmentation.inference.runtimes import compare_detections
 from segmentation.model.mask_rcnn import build_mask_rcnn
 
 SIZES = {"min_size": 128, "max_size": 192}
@@ -44,26 +45,27 @@ def cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt, rb = np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    union = (a | b).sum(axis=(1, 2))
-    return np.where(union > 0, (a & b).sum(axis=(1, 2)) / np.maximum(union, 1), 1.0)
-
-
 def assert_same_detections(expected: dict, got: dict) -> None:
-    assert len(got["scores"]) == len(expected["scores"]) > 0
-    np.testing.assert_array_equal(got["labels"], expected["labels"])
+    agreement = compare_detections(expected, got)
+    assert agreement.same() and agreement.count > 0, agreement
     assert got["masks"].shape == expected["masks"].shape and got["masks"].dtype == bool
-    assert _box_iou(expected["boxes"], got["boxes"]).min() >= 0.999
-    assert _mask_iou(expected["masks"], got["masks"]).min() >= 0.99
     np.testing.assert_allclose(got["scores"], expected["scores"], atol=1e-3)
-    assert got["class_names"] == expected["class_names"]
+    np.testing.assert_array_equal(got["class_names"], expected["class_names"])
+
+
+def test_agreement_counts_a_missing_detection_and_a_moved_box_but_not_a_swap() -> None:
+    boxes = np.array([[10.0, 10.0, 50.0, 50.0], [30.0, 5.0, 60.0, 40.0]])
+    masks = np.zeros((2, 64, 64), bool)
+    masks[0, 10:50, 10:50] = masks[1, 5:40, 30:60] = True
+    two = {"boxes": boxes, "scores": np.array([0.9, 0.9]), "labels": np.array([1, 1]), "masks": masks}
+    assert compare_detections(two, two).same()
+    swapped = {k: v[::-1] for k, v in two.items()}  # near-tied scores may come out in either order
+    assert compare_detections(two, swapped).same()
+    assert not compare_detections(two, {k: v[:1] for k, v in two.items()}).same()
+    moved = {**two, "boxes": boxes + 0.5}
+    assert compare_detections(two, moved).min_box_iou < 0.999 and not compare_detections(two, moved).same()
+    relabelled = {**two, "labels": np.array([1, 2])}
+    assert not compare_detections(two, relabelled).same()
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
