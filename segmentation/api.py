@@ -177,7 +177,7 @@ class Predictor:
 def final_metrics(metrics_json: str | Path) -> dict[str, Any]:
     """What a run's ``metrics.json`` says at its end: the last training line merged with the val and test lines
     written after it (``iteration`` is then the number of steps trained)."""
-    from segmentation.training.metrics_json import _written_at_step as written_at_step
+    from segmentation.training.metrics_json import written_at_step
 
     lines = [json.loads(line) for line in Path(metrics_json).read_text().splitlines() if line.strip()]
     if not lines:

@@ -29,11 +29,7 @@ def main(args: list[str] | None = None) -> int:
     with user_errors_exit():
         cli = CheckDataCLI(args=args, description=__doc__)
         data = cli.datamodule
-        splits = [
-            (name, getattr(data, f"{name}_json"), getattr(data, f"{name}_images"))
-            for name in ("train", "val", "test")
-            if getattr(data, f"{name}_json") is not None
-        ]
+        splits = data.splits()
         if not splits:
             raise ConfigError("give at least one split, e.g. --data.train_json J --data.train_images D")
         reports = check_splits(

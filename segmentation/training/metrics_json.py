@@ -56,7 +56,7 @@ class MetricsJsonWriter(pl.Callback):
         path = self.path
         if trainer.is_global_zero and path.exists():
             lines = [json.loads(line) for line in path.read_text().splitlines() if line]
-            kept = [line for line in lines if _written_at_step(line) <= trainer.global_step]
+            kept = [line for line in lines if written_at_step(line) <= trainer.global_step]
             path.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in kept))
         for logger in trainer.loggers:  # the CSV log of a resumed run, trimmed by the same rule
             if isinstance(logger, ResumableCSVLogger):
@@ -140,7 +140,7 @@ class MetricsJsonWriter(pl.Callback):
             logger.log_metrics(values, step=iteration)
 
 
-def _written_at_step(line: dict[str, Any]) -> int:
+def written_at_step(line: dict[str, Any]) -> int:
     """The global step after which a line was written: training lines name the 0-based iteration just finished."""
     return line["iteration"] + 1 if "lr" in line else line["iteration"]
 
