@@ -40,3 +40,15 @@ def test_our_own_config_and_other_arguments_pass_through_unchanged(tmp_path: Pat
     args = [f"--config={ours}", "--data.train_json", "train.json", "--config", "missing.yaml"]
 
     assert translate_detectron2_configs(args) == args
+
+
+def test_translating_a_dump_writes_no_file(parity_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The translation used to leave a temporary yaml behind on every run; it now hands on yaml text."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    dump = parity_dir / "tiny_lung" / "config.yaml"
+    beside = set(dump.parent.iterdir())
+
+    translate_detectron2_configs(["--config", str(dump)])
+
+    assert list(tmp_path.iterdir()) == []
+    assert set(dump.parent.iterdir()) == beside
