@@ -1,8 +1,8 @@
 """CPU inference speed for ``scripts/benchmark.py``: PyTorch eager, stock torchvision and the exported graph on each
 runtime (onnxruntime, OpenVINO), timed interleaved, at equal detections.
 
-Why a module of its own: the runtimes add an export, an equality check and their own keys, and ``benchmark.py``
-stays about training and the loader. The interleaved timer lives here too and ``benchmark.py`` uses it for training.
+Why a module of its own: the runtimes add an export, an equality check and their own keys; ``benchmark.py`` only
+composes the measurements. The interleaved timer lives here too and ``benchmark_training`` uses it.
 
 Equal detections are checked before any timing: every timed image goes once through eager PyTorch and once
 through each runtime, and ``compare_detections`` pairs the score-ordered lists (same count and labels, box IoU >=
