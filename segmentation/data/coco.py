@@ -67,11 +67,16 @@ class Problem:
 
 @dataclass
 class CocoSplit:
-    """A loaded json: its images sorted by id, its categories (with model labels) and where it came from."""
+    """A loaded json: its images sorted by id, its categories (with model labels) and where it came from.
+
+    ``data`` is the parsed json itself: the evaluator scores against the original records (sizes, ``area``,
+    ``iscrowd``) and takes them from here rather than parsing the file again.
+    """
 
     images: list[ImageRecord]
     categories: list[Category]
     json_path: Path
+    data: dict[str, Any]
 
 
 def load_coco_json(json_path: str | Path, image_root: str | Path, *, allow_outside_root: bool = False) -> CocoSplit:
@@ -168,7 +173,7 @@ class CocoReader:
             message = f"image id {image_id} has no annotation"
             self._report(Problem(self.json_file, image_id, None, message, "tolerated", NO_ANNOTATIONS))
         records = [replace(image, annotations=tuple(annotations[i])) for i, image in sorted(images.items())]
-        return CocoSplit(images=records, categories=categories or [], json_path=self.json_path)
+        return CocoSplit(images=records, categories=categories or [], json_path=self.json_path, data=data)
 
     def _report(self, problem: Problem) -> None:
         self._failed |= problem.severity != "tolerated"

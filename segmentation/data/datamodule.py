@@ -256,6 +256,10 @@ class CocoDataModule(pl.LightningDataModule):
             self.keep_loaded(name, split)
         return self._splits[name]
 
+    def ground_truth(self, name: str) -> dict[str, Any]:
+        """The parsed json of split ``name``, for the evaluator (which then does not read the file again)."""
+        return self._split(name).data
+
     @property
     def train_split(self) -> CocoSplit:
         return self._split("train")

@@ -122,7 +122,8 @@ class CocoEvaluator:
     """Exact COCO bbox and segm AP of a model's detections on one json split, on one process or many.
 
     Args:
-        gt_json: the split's COCO instance json (the original one: every image, every annotation).
+        gt_json: the split's COCO instance json (the original one: every image, every annotation), as a path or as
+            the json object already parsed (a ``CocoSplit``'s ``data``), which is then not read again.
         backend: torchmetrics' COCO backend. ``pycocotools`` (default) is COCOeval itself: every stat is bit-identical
             to detectron2's pycocotools numbers. ``faster_coco_eval`` is faster, but its precision is ``tp / (tp + fp)``
             where COCOeval divides by ``tp + fp + np.spacing(1)``: precision values differ in the last bit, so a stat
@@ -130,13 +131,14 @@ class CocoEvaluator:
         score_threshold: score at which :mod:`~segmentation.evaluation.operating_point` numbers are taken.
     """
 
-    def __init__(self, gt_json: str | Path, *, backend: Backend = "pycocotools", score_threshold: float = 0.5):
+    def __init__(
+        self, gt_json: str | Path | dict[str, Any], *, backend: Backend = "pycocotools", score_threshold: float = 0.5
+    ):
         if backend not in ("faster_coco_eval", "pycocotools"):
             raise ValueError(f"backend must be 'faster_coco_eval' or 'pycocotools', got {backend!r}")
         self.backend = backend
         self.score_threshold = score_threshold
-        with contextlib.redirect_stdout(io.StringIO()):
-            self._coco = COCO(str(gt_json))
+        self._coco = _coco_index(gt_json)
         categories = contiguous_categories(self._coco.dataset.get("categories", []))
         self.label_to_category_id = {c.label: c.id for c in categories}
         self.category_names = {c.id: c.name for c in categories}
@@ -378,3 +380,14 @@ def _compressed_rle(segmentation: Mapping[str, Any]) -> dict:
         raise ValueError("result segmentations must be compressed RLE (str counts), as detectron2 writes them")
     size = [int(s) for s in segmentation["size"]]
     return {"size": size, "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
+
+
+def _coco_index(gt_json: str | Path | dict[str, Any]) -> COCO:
+    """pycocotools' index of the ground truth, from a json file or from the json object already parsed."""
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        if not isinstance(gt_json, dict):
+            return COCO(str(gt_json))
+        coco = COCO()
+        coco.dataset = gt_json
+        coco.createIndex()
+        return coco

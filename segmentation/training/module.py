@@ -122,11 +122,12 @@ class MaskRCNNModule(pl.LightningModule):
         self.category_names = [c.name for c in categories]
         if not self._weights_loaded:
             self.load_initial_weights()
-        for split in ("val", "test"):
-            json_path = getattr(datamodule, f"{split}_json", None)
-            if json_path is not None and split not in self._evaluators:
+        for split in {source.name for source in datamodule.splits()} & {"val", "test"}:
+            if split not in self._evaluators:
                 self._evaluators[split] = CocoEvaluator(
-                    json_path, backend=self.hparams.eval_backend, score_threshold=self.hparams.score_threshold
+                    datamodule.ground_truth(split),
+                    backend=self.hparams.eval_backend,
+                    score_threshold=self.hparams.score_threshold,
                 )
 
     def load_initial_weights(self) -> None:

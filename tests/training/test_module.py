@@ -1,9 +1,14 @@
 """MaskRCNNModule: how a fine-tune starts (initial weights) and what the optimizer trains."""
 
+import dataclasses
 import functools
+import json
 
+import numpy as np
 import torch
+from PIL import Image
 
+from segmentation.data.datamodule import CocoDataModule
 from segmentation.model.config import MaskRCNNConfig
 from segmentation.training.module import MaskRCNNModule
 
@@ -40,3 +45,26 @@ def test_optimizer_trains_exactly_the_unfrozen_parameters():
         n.startswith(("backbone.body.conv1", "backbone.body.bn1", "backbone.body.layer1")) for n in frozen
     )
     assert all(group["lr"] == 1e-4 * 0.001 for group in optimizer.param_groups)  # warmup starts at factor 0.001
+
+
+def test_the_evaluators_score_against_the_json_the_datamodule_already_read(tmp_path, monkeypatch):
+    """The val json is parsed once: the datamodule's pass hands its json object to the evaluator (issue 13)."""
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    gt = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 4, 4], "area": 16, "iscrowd": 0,
+                         "segmentation": [[1, 1, 5, 1, 5, 5, 1, 5]]}],
+        "categories": [{"id": 7, "name": "lung"}],
+    }  # fmt: skip
+    (tmp_path / "val.json").write_text(json.dumps(gt))
+    datamodule = CocoDataModule(val_json=str(tmp_path / "val.json"), val_images=str(tmp_path), num_workers=0)
+    module = MaskRCNNModule(dataclasses.replace(TINY, num_classes=1))
+    module.trainer = type("T", (), {"datamodule": datamodule})()
+    parsed: list[str] = []
+    json_load = json.load
+    monkeypatch.setattr(json, "load", lambda file, **kw: parsed.append(file.name) or json_load(file, **kw))
+
+    module.setup("validate")
+
+    assert parsed == [str(tmp_path / "val.json")]
+    assert module._evaluators["val"].category_names == {7: "lung"}
