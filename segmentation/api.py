@@ -22,7 +22,7 @@ from PIL import Image
 from segmentation.checkpoints.loading import load_trained
 from segmentation.data.images import HIGH_BIT_DEPTH_MODES, LUNG_CT, CtWindow, read_image_bgr, window_slice
 from segmentation.errors import ConfigError
-from segmentation.inference.runtimes import RUNTIMES, RuntimeModel, check_runtime  # noqa: F401 (RUNTIMES: API)
+from segmentation.inference.runtimes import RuntimeModel, check_runtime
 from segmentation.model.config import MaskRCNNConfig
 
 CHANNEL_ORDERS = ("RGB", "BGR")
