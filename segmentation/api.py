@@ -1,9 +1,10 @@
 """The Python API: ``Predictor(weights)(image)`` gives the detections ``segmentation.predict`` writes, as numpy.
 
-Built with ``load_trained`` like every command, so our ``.ckpt`` needs no config. Images may be a path, a PIL image
-or a numpy array: ``H x W`` grayscale (16-bit values are read as HU + ``intensity_offset`` and windowed like CT
-volumes), or ``H x W x 3`` RGB (``channel_order="BGR"`` for OpenCV arrays). A config file is parsed by the command
-line's own parser (``read_config``), so a notebook and ``segmentation.fit`` read the same file the same way.
+Built with ``load_trained`` like every command, so our ``.ckpt`` needs no config. Images may be a path (a single
+DICOM slice too, windowed in HU like a volume slice), a PIL image or a numpy array: ``H x W`` grayscale (16-bit
+values are read as HU + ``intensity_offset`` and windowed like CT volumes), or ``H x W x 3`` RGB
+(``channel_order="BGR"`` for OpenCV arrays). A config file is parsed by the command line's own parser
+(``read_config``), so a notebook and ``segmentation.fit`` read the same file the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +21,17 @@ import torch
 from PIL import Image
 
 from segmentation.checkpoints.loading import load_trained
-from segmentation.data.images import HIGH_BIT_DEPTH_MODES, LUNG_CT, CtWindow, read_image_bgr, window_slice
+from segmentation.data import dicom, volumes
+from segmentation.data.images import (
+    HIGH_BIT_DEPTH_MODES,
+    LUNG_CT,
+    CtWindow,
+    read_image_bgr,
+    window_slice,
+    window_to_uint8,
+)
 from segmentation.errors import ConfigError
+from segmentation.inference.inputs import Source, read_volume
 from segmentation.inference.runtimes import RuntimeModel, check_runtime
 from segmentation.model.config import MaskRCNNConfig
 
@@ -69,6 +79,22 @@ def _pil_to_bgr(image: Image.Image, window: CtWindow) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
 
 
+def _read_path(path: Path, window: CtWindow) -> np.ndarray:
+    """An image file as training reads it; a single DICOM slice (or a one-slice volume) in HU through the CT
+    window, as ``segmentation.predict`` windows volume slices. A volume of several slices is refused: it is the
+    predict command's job (one mask volume with the input's geometry), not one image's."""
+    if not (volumes.has_volume_suffix(path) or dicom.is_dicom_file(path)):
+        return read_image_bgr(str(path), window)
+    hu = volumes.volume_array(read_volume(Source("volume", path, path.stem)))
+    if hu.shape[0] != 1:
+        raise ConfigError(
+            f"{path} is a volume of {hu.shape[0]} slices; predict it with python -m segmentation.predict --input "
+            f"{path} (mask volumes with its geometry), or pass its slices one by one"
+        )
+    grey = window_to_uint8(hu[0], window.center, window.width)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
 def to_bgr_uint8(
     image: Any,
     *,
@@ -83,7 +109,7 @@ def to_bgr_uint8(
         raise ConfigError(f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
     window = CtWindow(window_center, window_width, intensity_offset)
     if isinstance(image, (str, Path)):
-        return read_image_bgr(str(image), window)
+        return _read_path(Path(image), window)
     if isinstance(image, Image.Image):
         return _pil_to_bgr(image, window)
     array = np.asarray(image)

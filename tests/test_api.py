@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 import yaml
 from PIL import Image
@@ -17,6 +18,7 @@ from segmentation import predict
 from segmentation.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent / "checkpoints"))
+from dicom_files import write_series  # noqa: E402
 from test_loading import TINY_ARCH, lightning_checkpoint  # noqa: E402
 
 
@@ -148,3 +150,29 @@ def test_train_runs_fit_from_a_config_and_dict_overrides(tmp_path: Path, caplog)
     predictor = Predictor(run_dir / "checkpoints" / "last.ckpt", min_size=128, max_size=128)
     categories = json.loads(Path(data["val_json"]).read_text())["categories"]
     assert predictor.class_names == [c["name"] for c in categories]  # recorded by fit, read back without a config
+
+
+def test_a_dicom_slice_is_read_in_hu_through_the_ct_window(files: Path, tmp_path: Path) -> None:
+    """A radiologist's single ``.dcm`` (stored values are HU after the rescale) is windowed as predict windows volume
+    slices, so it gives the detections of the same slice exported as 16-bit HU + 1024."""
+    from segmentation import Predictor
+    from segmentation.api import to_bgr_uint8
+
+    hu = np.random.default_rng(0).integers(-1000, 400, size=(1, 64, 64)).astype(np.int16)
+    (path,) = write_series(tmp_path / "series", hu, [0.0])
+    as_16_bit = (hu[0] + 1024).astype(np.uint16)
+
+    np.testing.assert_array_equal(to_bgr_uint8(path), to_bgr_uint8(as_16_bit))
+    predictor = Predictor(files / "last.ckpt", min_size=96, max_size=96)
+    from_dicom, from_array = predictor(path), predictor(as_16_bit)
+    np.testing.assert_array_equal(from_dicom["masks"], from_array["masks"])
+    np.testing.assert_array_equal(from_dicom["scores"], from_array["scores"])
+
+
+def test_a_volume_path_is_refused_naming_the_predict_command(tmp_path: Path) -> None:
+    from segmentation.api import to_bgr_uint8
+
+    volume = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 16, 16), dtype=np.int16)), str(volume))
+    with pytest.raises(UserError, match=r"ct\.nii\.gz is a volume of 3 slices; predict it with .*predict"):
+        to_bgr_uint8(volume)
