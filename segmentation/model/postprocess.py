@@ -49,8 +49,9 @@ def _paste_window(box: list[float], h: int, w: int, threshold: float) -> tuple[i
     -1.5 M / (x1 - x0) - 0.5 < -0.5``: column 0 gets weight ``u + 1 < 0.5``, the zero padding the rest, so with
     probabilities in [0, 1] the sample is below 0.5 (and ``u <= -1`` gives exactly 0). Right of the window, and above
     and below it, the same holds mirrored. Float rounding of ``u`` is about 1e-6 of the box's size, far below the
-    ``1.5 M / (x1 - x0)`` to spare. So for ``threshold >= 0.5`` (detectron2's) every pixel outside the window is
-    False in a full paste too; a lower threshold gets the whole image.
+    ``1.5 M / (x1 - x0)`` to spare; without detectron2's extra pixel ``0.5 M / (x1 - x0)`` would still be spared.
+    So for ``threshold >= 0.5`` (detectron2's) every pixel outside the window is False in a full paste too; a lower
+    threshold gets the whole image.
     """
     if threshold < 0.5:
         return 0, h, 0, w

@@ -59,7 +59,9 @@ def _random_boxes(generator: torch.Generator, h: int, w: int) -> torch.Tensor:
     y0 = torch.rand(n, generator=generator) * (h + 20) - 10 - heights / 2
     boxes = torch.stack([x0, y0, x0 + widths, y0 + heights], dim=1)
     on_border = torch.tensor([[0.0, 0.0, 7.3, 9.6], [w - 5.5, h - 0.2, w, h], [0.0, 2.5, w, 11.0], [0.0, 0.0, w, h]])
-    return torch.cat([boxes, on_border])
+    # Edges through pixel centres: there a map of ones samples exactly 0.5, the closest call the window makes.
+    on_centres = torch.tensor([[11.5, 4.5, 20.5, 13.5], [0.5, 0.5, 1.5, 1.5], [w - 2.5, h - 30.5, w - 0.5, h - 0.5]])
+    return torch.cat([boxes, on_border, on_centres])
 
 
 @pytest.mark.parametrize("image_hw", [(256, 320), (37, 61)])
