@@ -70,13 +70,14 @@ class CocoSplit:
     """A loaded json: its images sorted by id, its categories (with model labels) and where it came from.
 
     ``data`` is the parsed json itself: the evaluator scores against the original records (sizes, ``area``,
-    ``iscrowd``) and takes them from here rather than parsing the file again.
+    ``iscrowd``) and takes them from here rather than parsing the file again (None for a training split, which the
+    datamodule does not keep twice).
     """
 
     images: list[ImageRecord]
     categories: list[Category]
     json_path: Path
-    data: dict[str, Any]
+    data: dict[str, Any] | None
 
 
 def load_coco_json(json_path: str | Path, image_root: str | Path, *, allow_outside_root: bool = False) -> CocoSplit:

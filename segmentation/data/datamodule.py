@@ -9,6 +9,7 @@ Source: ``detectron2/data/build.py`` (FILTER_EMPTY_ANNOTATIONS, the training and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -245,7 +246,8 @@ class CocoDataModule(pl.LightningDataModule):
                 f"{self._sources[name].json_path}: categories {[(c.id, c.name) for c in split.categories]} differ from "
                 f"{[(c.id, c.name) for c in self.categories]} of the first json; labels would not match"
             )
-        self._splits[name] = split
+        # Only val and test are scored against their json object; a training json is not held twice.
+        self._splits[name] = replace(split, data=None) if name == "train" else split
 
     def _split(self, name: str) -> CocoSplit:
         if name not in self._splits:
@@ -257,7 +259,7 @@ class CocoDataModule(pl.LightningDataModule):
         return self._splits[name]
 
     def ground_truth(self, name: str) -> dict[str, Any]:
-        """The parsed json of split ``name``, for the evaluator (which then does not read the file again)."""
+        """The parsed json of split ``val`` or ``test``, for the evaluator (which then does not read the file again)."""
         return self._split(name).data
 
     @property
